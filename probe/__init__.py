@@ -1,0 +1,1 @@
+"""curvscope probe: ViViT curvature snapshots of a PyTorch model (torch side)."""

@@ -1,0 +1,114 @@
+"""What the probe computes: :class:`ViViTConfig`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from torch import nn
+
+from curvscope.probe.errors import ConfigError
+
+__all__ = ["ParamGroups", "ViViTConfig"]
+
+ParamGroups = Literal["all", "layer"] | list[list[nn.Parameter]]
+
+
+@dataclass(frozen=True, eq=False)
+class ViViTConfig:
+    """Configuration of one ViViT snapshot.
+
+    Attributes:
+        curvature: ``"exact"`` uses the C exact factors of each sample's loss Hessian
+            (BackPACK ``SqrtGGNExact``); ``"mc"`` uses ``mc_samples`` sampled ones
+            (``SqrtGGNMC``), so the Gram matrix is ``N·M x N·M`` instead of ``N·C x N·C``.
+        mc_samples: number M >= 1 of Monte-Carlo factors per sample (``curvature="mc"``).
+        subsample: curvature from these samples only (an ``int`` k means the first k;
+            a sequence lists distinct batch indices). Gradients always use the whole batch.
+        param_groups: ``"all"`` (one group), ``"layer"`` (one group per module with
+            parameters) or explicit lists of parameters (block-diagonal GGN approximation).
+        top_k: compute directional statistics for the k largest eigenvalues only.
+        eigenvectors: how many of the top eigenvectors to lift to parameter space.
+        per_sample: also send the per-sample ``gammas``/``lambdas`` matrices on the wire.
+        eig_rtol: relative eigenvalue cutoff; ``None`` means ``R · eps(dtype)`` where R is
+            the Gram matrix's size. Eigenvalues ``<= eig_rtol · λ_max`` are discarded.
+        seed: seed of the Monte-Carlo sampling (``None``: the global torch RNG).
+    """
+
+    curvature: Literal["exact", "mc"] = "exact"
+    mc_samples: int = 1
+    subsample: int | Sequence[int] | None = None
+    param_groups: ParamGroups = "all"
+    top_k: int | None = None
+    eigenvectors: int = 0
+    per_sample: bool = False
+    eig_rtol: float | None = None
+    seed: int | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.curvature not in ("exact", "mc"):
+            raise ConfigError(f"curvature must be 'exact' or 'mc', got {self.curvature!r}")
+        if isinstance(self.mc_samples, bool) or not isinstance(self.mc_samples, int):
+            raise ConfigError(f"mc_samples must be an int >= 1, got {self.mc_samples!r}")
+        if self.mc_samples < 1:
+            raise ConfigError(f"mc_samples must be >= 1, got {self.mc_samples}")
+        if self.top_k is not None and (isinstance(self.top_k, bool) or self.top_k < 1):
+            raise ConfigError(f"top_k must be None or an int >= 1, got {self.top_k!r}")
+        if isinstance(self.eigenvectors, bool) or self.eigenvectors < 0:
+            raise ConfigError(f"eigenvectors must be an int >= 0, got {self.eigenvectors!r}")
+        if self.eig_rtol is not None and not 0.0 <= self.eig_rtol < 1.0:
+            raise ConfigError(f"eig_rtol must be in [0, 1), got {self.eig_rtol}")
+        if isinstance(self.param_groups, str) and self.param_groups not in ("all", "layer"):
+            raise ConfigError(
+                f"param_groups must be 'all', 'layer' or a list of parameter lists, "
+                f"got {self.param_groups!r}"
+            )
+        sub = self.subsample
+        if sub is not None and not isinstance(sub, int):
+            if isinstance(sub, (str, bytes)) or not isinstance(sub, Sequence):
+                raise ConfigError(f"subsample must be an int or a sequence of ints, got {sub!r}")
+            object.__setattr__(self, "subsample", tuple(int(i) for i in sub))
+
+    def subsample_indices(self, batch_size: int) -> list[int] | None:
+        """The curvature samples' batch indices, checked against ``batch_size`` (``None``: all).
+
+        Raises:
+            ConfigError: an index out of range, duplicates, or an empty selection.
+        """
+        sub = self.subsample
+        if sub is None:
+            return None
+        if isinstance(sub, int):
+            if isinstance(sub, bool) or not 1 <= sub <= batch_size:
+                raise ConfigError(
+                    f"subsample={sub!r} is out of range for a batch of {batch_size} samples"
+                )
+            return list(range(sub))
+        indices = list(sub)
+        if not indices:
+            raise ConfigError("subsample must select at least one sample")
+        bad = [i for i in indices if not 0 <= i < batch_size]
+        if bad:
+            raise ConfigError(
+                f"subsample index {bad[0]} is out of range for a batch of {batch_size} samples"
+            )
+        if len(set(indices)) != len(indices):
+            raise ConfigError(f"subsample indices must be distinct, got {indices}")
+        return indices
+
+    def to_wire(self) -> dict[str, object]:
+        """JSON-ready description (the wire's ``ConfigPayload`` fields)."""
+        sub = self.subsample
+        if isinstance(sub, int):
+            sub = list(range(sub))
+        groups = self.param_groups if isinstance(self.param_groups, str) else "explicit"
+        return {
+            "curvature": self.curvature,
+            "mc_samples": self.mc_samples,
+            "subsample": None if sub is None else list(sub),
+            "param_groups": groups,
+            "top_k": self.top_k,
+            "eigenvectors": self.eigenvectors,
+            "per_sample": self.per_sample,
+        }

@@ -1,0 +1,182 @@
+"""Wire protocol between the probe and the server (pydantic only: no torch, no FastAPI).
+
+Every message is a JSON object with a ``type`` field. The probe sends ``snapshot`` and
+``event`` messages on ``/ws/ingest``; the server answers each with an ``ack`` (stored, or
+already stored) or an ``error``. A snapshot is identified by its key ``(run, step)``:
+the server stores it at most once and acknowledges duplicates again, so a probe may resend
+until it sees the acknowledgement.
+
+All numbers on the wire are finite: NaN and infinity are rejected. Signal-to-noise ratios
+whose variance is zero (or undefined, for a single sample) travel as the sentinel
+:data:`SNR_UNDEFINED` (``-1.0``); SNRs are otherwise non-negative. See ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+__all__ = [
+    "MAX_RUN_NAME_LENGTH",
+    "RUN_NAME_PATTERN",
+    "SCHEMA_VERSION",
+    "SNR_UNDEFINED",
+    "AckMessage",
+    "ConfigPayload",
+    "ErrorMessage",
+    "EventMessage",
+    "GroupPayload",
+    "IngestMessage",
+    "RunName",
+    "SnapshotMessage",
+    "parse_ingest_message",
+]
+
+SCHEMA_VERSION = 1
+"""Version of the wire schema; a message with another version is refused."""
+
+SNR_UNDEFINED = -1.0
+"""SNR sentinel: the per-sample variance is zero (or undefined because N = 1)."""
+
+MAX_RUN_NAME_LENGTH = 128
+RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+RunName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_RUN_NAME_LENGTH,
+        pattern=RUN_NAME_PATTERN,
+        description="Run name: letters, digits, '.', '_' and '-', starting with a letter or digit.",
+    ),
+]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Step = Annotated[int, Field(ge=0, le=2**62)]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfigPayload(_Message):
+    """The ViViT configuration a snapshot was computed with."""
+
+    curvature: Literal["exact", "mc"] = "exact"
+    mc_samples: int = Field(1, ge=1)
+    subsample: list[int] | None = None
+    param_groups: str = "all"
+    top_k: int | None = Field(None, ge=1)
+    eigenvectors: int = Field(0, ge=0)
+    per_sample: bool = False
+    mode: Literal["in-loop", "held-out", "function"] = "function"
+
+
+class GroupPayload(_Message):
+    """Per-parameter-group results; all per-direction arrays have length K (descending λ).
+
+    ``gammas`` (N x K) and ``lambdas`` (N' x K) are the per-sample matrices; they are only
+    sent when the probe was asked for them (``per_sample=True``).
+    """
+
+    name: str = Field(min_length=1, max_length=256)
+    num_params: int = Field(ge=1)
+    eigvals: list[FiniteFloat]
+    gamma: list[FiniteFloat]
+    snr_gamma: list[FiniteFloat]
+    snr_lambda: list[FiniteFloat]
+    grad_overlap: list[FiniteFloat]
+    grad_norm_sq: FiniteFloat = Field(ge=0.0)
+    gammas: list[list[FiniteFloat]] | None = None
+    lambdas: list[list[FiniteFloat]] | None = None
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> GroupPayload:
+        k = len(self.eigvals)
+        for field in ("gamma", "snr_gamma", "snr_lambda", "grad_overlap"):
+            if len(getattr(self, field)) != k:
+                raise ValueError(
+                    f"group {self.name!r}: {field} has {len(getattr(self, field))} entries, "
+                    f"eigvals has {k}"
+                )
+        for field in ("gammas", "lambdas"):
+            rows = getattr(self, field)
+            if rows is None:
+                continue
+            bad = [i for i, row in enumerate(rows) if len(row) != k]
+            if bad:
+                raise ValueError(
+                    f"group {self.name!r}: {field} row {bad[0]} has {len(rows[bad[0]])} "
+                    f"entries, expected K = {k}"
+                )
+        if any(v < 0 for v in self.eigvals):
+            raise ValueError(f"group {self.name!r}: eigvals must be positive")
+        for field in ("snr_gamma", "snr_lambda"):
+            if any(v < 0 and v != SNR_UNDEFINED for v in getattr(self, field)):
+                raise ValueError(
+                    f"group {self.name!r}: {field} must be >= 0 or the sentinel {SNR_UNDEFINED}"
+                )
+        return self
+
+
+class SnapshotMessage(_Message):
+    """One ViViT snapshot of one run at one step: the key is ``(run, step)``."""
+
+    type: Literal["snapshot"] = "snapshot"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run: RunName
+    step: Step
+    wall_time: FiniteFloat
+    loss: FiniteFloat
+    batch_size: int = Field(ge=1)
+    config: ConfigPayload = Field(default_factory=ConfigPayload)
+    groups: list[GroupPayload] = Field(max_length=10_000)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.run, self.step)
+
+
+class EventMessage(_Message):
+    """Something the probe wants stored next to the run (an error, a warning, a note)."""
+
+    type: Literal["event"] = "event"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run: RunName
+    step: Step | None = None
+    wall_time: FiniteFloat
+    level: Literal["info", "warning", "error"] = "error"
+    message: str = Field(max_length=10_000)
+
+
+class AckMessage(_Message):
+    """Server -> probe: the message with this key is stored (``duplicate``: it already was)."""
+
+    type: Literal["ack"] = "ack"
+    kind: Literal["snapshot", "event"] = "snapshot"
+    run: str
+    step: int | None = None
+    duplicate: bool = False
+
+
+class ErrorMessage(_Message):
+    """Server -> probe: the last message was refused; ``code`` is a stable machine name."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    run: str | None = None
+    step: int | None = None
+
+
+IngestMessage = Annotated[SnapshotMessage | EventMessage, Field(discriminator="type")]
+_INGEST_ADAPTER: TypeAdapter[SnapshotMessage | EventMessage] = TypeAdapter(IngestMessage)
+
+
+def parse_ingest_message(data: dict[str, Any]) -> SnapshotMessage | EventMessage:
+    """Validate one decoded JSON object sent by a probe.
+
+    Raises:
+        pydantic.ValidationError: the object is not a valid snapshot or event message.
+    """
+    return _INGEST_ADAPTER.validate_python(data)
