@@ -1,0 +1,68 @@
+"""Accumulate one parameter group's Gram matrix ``Vᵀ V`` and ``Vᵀ g_n`` over its layers."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from curvscope.probe.factors import Factor
+
+__all__ = ["GramAccumulator"]
+
+
+class GramAccumulator:
+    """Sums per-parameter contributions as BackPACK hands them over during backward.
+
+    ``Gram = Σ_p V_pᵀ V_p`` (``[R, R]``) and ``Vᵀ g_n = Σ_p V_pᵀ g_{n,p}`` (``[R, N]``) are
+    exact sums over the group's parameters, so every factor can be dropped once added,
+    unless ``keep_factors`` asks to keep them for lifting eigenvectors to parameter space.
+
+    Args:
+        name: the group's name.
+        params: the group's parameters, in order.
+        keep_factors: keep each parameter's factor for :meth:`lift`.
+    """
+
+    def __init__(self, name: str, params: list[nn.Parameter], keep_factors: bool) -> None:
+        self.name = name
+        self.params = params
+        self.keep_factors = keep_factors
+        self.gram: Tensor | None = None
+        self.vt_grads: Tensor | None = None
+        self.grad_norm_sq: Tensor | None = None
+        self.factors: dict[int, Factor] = {}
+        self.seen: set[int] = set()
+
+    def add(self, param: nn.Parameter, factor: Factor) -> None:
+        """Fold ``factor`` (of one of this group's parameters) into the sums."""
+        gram, vtg, grad = factor.gram(), factor.vt_grads(), factor.grad()
+        sq = (grad * grad).sum()
+        if self.gram is None:
+            self.gram, self.vt_grads, self.grad_norm_sq = gram, vtg, sq
+        else:
+            self.gram = self.gram + gram
+            self.vt_grads = self.vt_grads + vtg
+            self.grad_norm_sq = self.grad_norm_sq + sq
+        self.seen.add(id(param))
+        if self.keep_factors:
+            self.factors[id(param)] = factor
+
+    def missing(self) -> list[nn.Parameter]:
+        """Parameters of the group that received no factor (not used in the forward pass)."""
+        return [p for p in self.params if id(p) not in self.seen]
+
+    def lift(self, coeffs: Tensor) -> list[Tensor]:
+        """``V @ coeffs`` per parameter: ``coeffs`` ``[R, K]`` -> list of ``[K, *p.shape]``.
+
+        Parameters that did not take part in the forward pass get zeros.
+        """
+        if not self.keep_factors:
+            raise RuntimeError(f"group {self.name!r} did not keep its factors")
+        out = []
+        for p in self.params:
+            factor = self.factors.get(id(p))
+            if factor is None:
+                out.append(torch.zeros(coeffs.shape[1], *p.shape, dtype=p.dtype, device=p.device))
+            else:
+                out.append(factor.lift(coeffs))
+        return out

@@ -1,0 +1,135 @@
+"""Checks that run before any heavy work: the model's layers, the loss and the batch."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from curvscope.probe.errors import (
+    BatchNormTrainingError,
+    BatchSizeMismatchError,
+    UnsupportedLayerError,
+    UnsupportedLossError,
+)
+from curvscope.probe.extension import supported_layers
+
+__all__ = ["SUPPORTED_LOSSES", "batch_size_of", "check_loss", "prepare_model"]
+
+SUPPORTED_LOSSES: tuple[type[nn.Module], ...] = (
+    nn.CrossEntropyLoss,
+    nn.MSELoss,
+    nn.BCEWithLogitsLoss,
+)
+
+
+def check_loss(loss_fn: nn.Module) -> None:
+    """Raise :class:`UnsupportedLossError` unless BackPACK can factor this loss's Hessian."""
+    if not isinstance(loss_fn, SUPPORTED_LOSSES):
+        names = ", ".join(cls.__name__ for cls in SUPPORTED_LOSSES)
+        raise UnsupportedLossError(
+            f"loss {type(loss_fn).__name__} is not supported; use a module instance of {names}"
+        )
+    if loss_fn.reduction not in ("mean", "sum"):
+        raise UnsupportedLossError(
+            f"{type(loss_fn).__name__}(reduction={loss_fn.reduction!r}) is not supported: "
+            "the batch loss must be a mean or a sum"
+        )
+    if isinstance(loss_fn, nn.CrossEntropyLoss) and (
+        loss_fn.weight is not None or loss_fn.label_smoothing != 0.0
+    ):
+        raise UnsupportedLossError(
+            "CrossEntropyLoss with class weights or label smoothing is not supported"
+        )
+    if isinstance(loss_fn, nn.BCEWithLogitsLoss) and (
+        loss_fn.weight is not None or loss_fn.pos_weight is not None
+    ):
+        raise UnsupportedLossError("BCEWithLogitsLoss with weight or pos_weight is not supported")
+
+
+def _is_container(module: nn.Module) -> bool:
+    return any(True for _ in module.children())
+
+
+def _check_layers(model: nn.Module) -> bool:
+    """Check every leaf layer; return whether some container has a custom ``forward``."""
+    from backpack.utils.module_classification import is_no_op
+
+    supported = supported_layers()
+    custom_forward = False
+    for path, module in model.named_modules():
+        cls = type(module)
+        if _is_container(module):
+            if any(p.requires_grad for p in module.parameters(recurse=False)):
+                raise UnsupportedLayerError(
+                    path, cls.__name__, "a module with both own parameters and submodules"
+                )
+            if not is_no_op(module):
+                custom_forward = True
+            continue
+        if is_no_op(module):
+            continue
+        if cls not in supported:
+            raise UnsupportedLayerError(
+                path,
+                cls.__name__,
+                "BackPACK has no GGN factor rule for this layer (see "
+                "curvscope.probe.extension.supported_layers())",
+            )
+        if isinstance(module, _BatchNorm) and module.training:
+            raise BatchNormTrainingError(path, cls.__name__)
+    return custom_forward
+
+
+def prepare_model(model: nn.Module) -> nn.Module:
+    """Check the model and return the module whose forward pass BackPACK can follow.
+
+    A tree of ``nn.Sequential`` containers is used as it is. A model whose own
+    ``forward`` composes layers (residual additions, functional calls) is traced by
+    BackPACK's converter (``torch.fx``): if the trace calls only the model's own layers
+    the model is used as it is; if the converter had to insert its own modules (for
+    ``+``, ``*``, ``flatten``, ...) the converted module (sharing the model's parameters)
+    is returned; anything else raises :class:`UnsupportedLayerError` naming the operation.
+
+    Raises:
+        UnsupportedLayerError: an unsupported layer, BatchNorm in training mode, or a
+            forward pass BackPACK cannot follow.
+    """
+    if not _check_layers(model):
+        return model
+    from backpack.custom_module.graph_utils import convert_module_to_backpack
+
+    try:
+        converted = convert_module_to_backpack(model, debug=False)
+    except Exception as err:
+        raise UnsupportedLayerError(
+            "", type(model).__name__, f"torch.fx could not trace its forward pass ({err})"
+        ) from err
+    for node in converted.graph.nodes:
+        if node.op not in ("placeholder", "output", "call_module", "get_attr"):
+            target = getattr(node.target, "__name__", str(node.target))
+            raise UnsupportedLayerError(
+                "",
+                type(model).__name__,
+                f"its forward pass calls {node.op} '{target}', which BackPACK cannot "
+                "follow; use the nn.Module equivalent (e.g. nn.ReLU instead of F.relu)",
+            )
+    original = {id(m) for m in model.modules()}
+    if all(id(m) in original for m in converted.modules() if m is not converted):
+        return model
+    _check_layers(converted)
+    return converted
+
+
+def batch_size_of(inputs: Tensor, targets: Tensor) -> int:
+    """The batch size N shared by ``inputs`` and ``targets`` (dimension 0)."""
+    if not isinstance(inputs, Tensor) or not isinstance(targets, Tensor):
+        raise TypeError("inputs and targets must be tensors")
+    if inputs.dim() == 0 or targets.dim() == 0:
+        raise BatchSizeMismatchError("inputs and targets need a batch dimension (dimension 0)")
+    if inputs.shape[0] != targets.shape[0]:
+        raise BatchSizeMismatchError(
+            f"inputs have {inputs.shape[0]} samples but targets have {targets.shape[0]}"
+        )
+    if inputs.shape[0] == 0:
+        raise BatchSizeMismatchError("the batch is empty")
+    return int(inputs.shape[0])
