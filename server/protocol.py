@@ -16,8 +16,18 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = [
+    "CLOSE_FORBIDDEN_ORIGIN",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_INTERNAL_ERROR",
+    "CLOSE_MESSAGE_TOO_BIG",
+    "CLOSE_NORMAL",
+    "CLOSE_SLOW_CLIENT",
+    "CLOSE_UNAUTHORIZED",
+    "CLOSE_UNSUPPORTED_DATA",
+    "CLOSE_UNSUPPORTED_SCHEMA",
     "MAX_RUN_NAME_LENGTH",
     "RUN_NAME_PATTERN",
     "SCHEMA_VERSION",
@@ -38,6 +48,28 @@ SCHEMA_VERSION = 1
 
 SNR_UNDEFINED = -1.0
 """SNR sentinel: the per-sample variance is zero (or undefined because N = 1)."""
+
+# Websocket close codes used by the server (1xxx: RFC 6455; 4xxx: curvscope's own).
+# A probe should not retry on CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN_ORIGIN or
+# CLOSE_UNSUPPORTED_SCHEMA (resending cannot help); it may reconnect after the others.
+CLOSE_NORMAL = 1000
+"""The peer closed normally."""
+CLOSE_GOING_AWAY = 1001
+"""The server is shutting down."""
+CLOSE_UNSUPPORTED_DATA = 1003
+"""A binary frame arrived; the protocol speaks JSON text frames only."""
+CLOSE_MESSAGE_TOO_BIG = 1009
+"""A frame was larger than the server's ``max_message_bytes``."""
+CLOSE_INTERNAL_ERROR = 1011
+"""The server could not store the message; nothing was acknowledged, resend later."""
+CLOSE_UNAUTHORIZED = 4401
+"""A token is required and none, or a wrong one, was presented."""
+CLOSE_FORBIDDEN_ORIGIN = 4403
+"""A browser connected from a foreign ``Origin`` (cross-site websocket hijacking)."""
+CLOSE_SLOW_CLIENT = 4408
+"""A browser client read too slowly and fell too far behind; reconnect and refetch."""
+CLOSE_UNSUPPORTED_SCHEMA = 4426
+"""The message's ``schema_version`` is not one the server speaks."""
 
 MAX_RUN_NAME_LENGTH = 128
 RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -73,10 +105,13 @@ class ConfigPayload(_Message):
 
 
 class GroupPayload(_Message):
-    """Per-parameter-group results; all per-direction arrays have length K (descending λ).
+    """Per-parameter-group results, directions in descending λ.
 
-    ``gammas`` (N x K) and ``lambdas`` (N' x K) are the per-sample matrices; they are only
-    sent when the probe was asked for them (``per_sample=True``).
+    ``eigvals`` has K entries (the non-zero spectrum the probe kept). The per-direction
+    statistics ``gamma``, ``snr_gamma``, ``snr_lambda`` and ``grad_overlap`` cover the top
+    K' <= K directions (``top_k``) and all have that one length K'. ``gammas`` (N x K') and
+    ``lambdas`` (N' x K') are the per-sample matrices; they are only sent when the probe was
+    asked for them (``per_sample=True``).
     """
 
     name: str = Field(min_length=1, max_length=256)
@@ -93,21 +128,37 @@ class GroupPayload(_Message):
     @model_validator(mode="after")
     def _check_shapes(self) -> GroupPayload:
         k = len(self.eigvals)
-        for field in ("gamma", "snr_gamma", "snr_lambda", "grad_overlap"):
-            if len(getattr(self, field)) != k:
-                raise ValueError(
-                    f"group {self.name!r}: {field} has {len(getattr(self, field))} entries, "
-                    f"eigvals has {k}"
+        k_stats = len(self.gamma)
+        if k_stats > k:
+            raise PydanticCustomError(
+                "shape_mismatch",
+                "group {name}: gamma has {got} entries, more than the K = {k} eigvals",
+                {"name": self.name, "got": k_stats, "k": k},
+            )
+        for field in ("snr_gamma", "snr_lambda", "grad_overlap"):
+            got = len(getattr(self, field))
+            if got != k_stats:
+                raise PydanticCustomError(
+                    "shape_mismatch",
+                    "group {name}: {field} has {got} entries, gamma has {k_stats}",
+                    {"name": self.name, "field": field, "got": got, "k_stats": k_stats},
                 )
         for field in ("gammas", "lambdas"):
             rows = getattr(self, field)
             if rows is None:
                 continue
-            bad = [i for i, row in enumerate(rows) if len(row) != k]
+            bad = [i for i, row in enumerate(rows) if len(row) != k_stats]
             if bad:
-                raise ValueError(
-                    f"group {self.name!r}: {field} row {bad[0]} has {len(rows[bad[0]])} "
-                    f"entries, expected K = {k}"
+                raise PydanticCustomError(
+                    "shape_mismatch",
+                    "group {name}: {field} row {row} has {got} entries, expected K' = {k_stats}",
+                    {
+                        "name": self.name,
+                        "field": field,
+                        "row": bad[0],
+                        "got": len(rows[bad[0]]),
+                        "k_stats": k_stats,
+                    },
                 )
         if any(v < 0 for v in self.eigvals):
             raise ValueError(f"group {self.name!r}: eigvals must be positive")

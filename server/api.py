@@ -1,0 +1,283 @@
+"""REST API under ``/api``: runs, snapshots, events, exports, deletion. Shapes: ``docs/api.md``.
+
+Snapshot bodies are assembled from the stored JSON text without re-validating them (they
+were validated at ingest), so large series stay cheap to serve; the response models below
+document the shapes in the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from curvscope.server.auth import require_read, require_write
+from curvscope.server.hub import RUNS_TOPIC, Hub
+from curvscope.server.protocol import (
+    MAX_RUN_NAME_LENGTH,
+    RUN_NAME_PATTERN,
+    SCHEMA_VERSION,
+    ConfigPayload,
+    GroupPayload,
+)
+from curvscope.server.settings import Settings
+from curvscope.server.store import RunSummary, SnapshotRecord, Store
+
+__all__ = ["CSV_COLUMNS", "router"]
+
+RunPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=MAX_RUN_NAME_LENGTH,
+        pattern=RUN_NAME_PATTERN,
+        description="Run name (letters, digits, '.', '_', '-').",
+    ),
+]
+
+
+class Health(BaseModel):
+    """``GET /api/health``."""
+
+    status: Literal["ok"] = "ok"
+    schema_version: int
+    store: str
+    live_clients: int
+
+
+class RunOut(BaseModel):
+    """One entry of ``GET /api/runs``."""
+
+    run: str
+    snapshots: int
+    first_step: int | None
+    last_step: int | None
+    last_update: float
+    live: bool
+    errors: int
+
+
+class SnapshotOut(BaseModel):
+    """A stored snapshot: the wire message's fields plus ``received_at`` (server time)."""
+
+    run: str
+    step: int
+    wall_time: float
+    loss: float
+    batch_size: int
+    config: ConfigPayload
+    groups: list[GroupPayload]
+    received_at: float
+
+
+class EventOut(BaseModel):
+    """A stored event."""
+
+    id: int
+    run: str
+    step: int | None
+    wall_time: float
+    level: str
+    message: str
+    received_at: float
+
+
+router = APIRouter(prefix="/api")
+_reads = [Depends(require_read)]
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def _summary_or_404(request: Request, run: str) -> RunSummary:
+    summary = await asyncio.to_thread(_store(request).get_run, run)
+    if summary is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run named {run!r}")
+    return summary
+
+
+def _json_list(records: list[SnapshotRecord]) -> str:
+    return "[" + ",".join(r.to_json() for r in records) + "]"
+
+
+@router.get("/health", response_model=Health)
+async def health(request: Request) -> Health:
+    """Liveness: answers as soon as the store is open. Never needs a token."""
+    hub: Hub = request.app.state.hub
+    return Health(
+        schema_version=SCHEMA_VERSION,
+        store=type(_store(request)).__name__,
+        live_clients=hub.subscriber_count(),
+    )
+
+
+@router.get("/runs", response_model=list[RunOut], dependencies=_reads)
+async def list_runs(request: Request) -> list[dict[str, object]]:
+    """All runs, most recently updated first."""
+    window = _settings(request).live_window_s
+    runs = await asyncio.to_thread(_store(request).list_runs)
+    return [r.to_dict(live_window_s=window) for r in runs]
+
+
+@router.get("/runs/{run}", response_model=RunOut, dependencies=_reads)
+async def get_run(request: Request, run: RunPath) -> dict[str, object]:
+    """One run's summary."""
+    summary = await _summary_or_404(request, run)
+    return summary.to_dict(live_window_s=_settings(request).live_window_s)
+
+
+@router.get(
+    "/runs/{run}/snapshots",
+    response_model=list[SnapshotOut],
+    dependencies=_reads,
+    responses={404: {"description": "No such run"}},
+)
+async def read_snapshots(
+    request: Request,
+    run: RunPath,
+    start: Annotated[int | None, Query(ge=0, description="First step (inclusive)")] = None,
+    end: Annotated[int | None, Query(ge=0, description="Last step (inclusive)")] = None,
+    max_points: Annotated[
+        int | None,
+        Query(ge=1, description="Down-sample to at most this many; the latest is always kept"),
+    ] = None,
+) -> Response:
+    """Snapshots in step order, optionally in a step range and down-sampled."""
+    limit = _settings(request).max_points_limit
+    if max_points is not None and max_points > limit:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY, f"max_points must be at most {limit}"
+        )
+    if start is not None and end is not None and start > end:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "start must be <= end")
+    await _summary_or_404(request, run)
+    records = await asyncio.to_thread(_store(request).read_snapshots, run, start, end, max_points)
+    return Response(_json_list(records), media_type="application/json")
+
+
+@router.get("/runs/{run}/events", response_model=list[EventOut], dependencies=_reads)
+async def read_events(request: Request, run: RunPath) -> list[dict[str, object]]:
+    """A run's events (errors, warnings, notes reported by the probe) in arrival order."""
+    await _summary_or_404(request, run)
+    events = await asyncio.to_thread(_store(request).read_events, run)
+    return [e.to_dict() for e in events]
+
+
+CSV_COLUMNS = (
+    "run",
+    "step",
+    "wall_time",
+    "received_at",
+    "loss",
+    "batch_size",
+    "group",
+    "num_params",
+    "grad_norm_sq",
+    "direction",
+    "eigval",
+    "gamma",
+    "snr_gamma",
+    "snr_lambda",
+    "grad_overlap",
+)
+"""CSV export: one row per (snapshot, group, direction k < K); the statistics columns are
+empty for directions k >= K' (beyond ``top_k``). Per-sample matrices are JSON-only."""
+
+
+def _csv_rows(records: Iterator[SnapshotRecord]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for record in records:
+        snap = record.to_dict()
+        head = [snap["run"], snap["step"], snap["wall_time"], record.received_at, snap["loss"]]
+        for group in snap["groups"]:
+            k_stats = len(group["gamma"])
+            for k, eigval in enumerate(group["eigvals"]):
+                stats = (
+                    [group[f][k] for f in ("gamma", "snr_gamma", "snr_lambda", "grad_overlap")]
+                    if k < k_stats
+                    else ["", "", "", ""]
+                )
+                writer.writerow(
+                    [
+                        *head,
+                        snap["batch_size"],
+                        group["name"],
+                        group["num_params"],
+                        group["grad_norm_sq"],
+                        k,
+                        eigval,
+                        *stats,
+                    ]
+                )
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    if buffer.tell():
+        yield buffer.getvalue()
+
+
+def _json_export(summary: dict[str, object], store: Store, run: str) -> Iterator[str]:
+    yield '{"run":' + json.dumps(summary) + ',"snapshots":['
+    for i, record in enumerate(store.iter_snapshots(run)):
+        yield ("," if i else "") + record.to_json()
+    events = [e.to_dict() for e in store.read_events(run)]
+    yield '],"events":' + json.dumps(events) + "}"
+
+
+@router.get(
+    "/runs/{run}/export",
+    dependencies=_reads,
+    responses={
+        200: {
+            "content": {"text/csv": {}, "application/json": {}},
+            "description": "The whole run as a download",
+        }
+    },
+)
+async def export_run(
+    request: Request,
+    run: RunPath,
+    format: Annotated[Literal["csv", "json"], Query(description="csv or json")] = "json",
+) -> StreamingResponse:
+    """The whole run as a file: JSON ``{"run", "snapshots", "events"}`` or long-format CSV."""
+    summary = await _summary_or_404(request, run)
+    store = _store(request)
+    headers = {"Content-Disposition": f'attachment; filename="{run}.{format}"'}
+    if format == "csv":
+        return StreamingResponse(
+            _csv_rows(store.iter_snapshots(run)), media_type="text/csv", headers=headers
+        )
+    body = _json_export(summary.to_dict(live_window_s=_settings(request).live_window_s), store, run)
+    return StreamingResponse(body, media_type="application/json", headers=headers)
+
+
+@router.delete(
+    "/runs/{run}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[Depends(require_write)],
+    responses={401: {"description": "Token missing or wrong"}, 404: {"description": "No such run"}},
+)
+async def delete_run(request: Request, run: RunPath) -> Response:
+    """Delete a run with its snapshots and events (needs the token when one is configured)."""
+    deleted = await asyncio.to_thread(_store(request).delete_run, run)
+    if not deleted:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run named {run!r}")
+    hub: Hub = request.app.state.hub
+    hub.publish(RUNS_TOPIC, json.dumps({"type": "run_deleted", "run": run}))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,72 @@
+"""The FastAPI application, built by :func:`create_app` (nothing happens at import time).
+
+The lifespan opens the store (running schema migrations), creates the live hub and
+installs the log filter that keeps tokens out of the logs; on shutdown it lets go of the
+browser clients and closes the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from curvscope.server import api, ingest, live, pages
+from curvscope.server.hub import Hub
+from curvscope.server.settings import Settings
+from curvscope.server.store import SQLiteStore, Store
+
+__all__ = ["RedactTokens", "create_app"]
+
+_TOKEN_IN_URL = re.compile(r"((?:^|[?&])token=)[^&\s\"']*")
+_REDACTED_LOGGERS = ("uvicorn.access", "uvicorn.error", "uvicorn")
+
+
+class RedactTokens(logging.Filter):
+    """Replaces ``token=...`` in log records (uvicorn logs websocket URLs with their query)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg = _TOKEN_IN_URL.sub(r"\1***", message)
+            record.args = ()
+        return True
+
+
+def _install_redaction() -> None:
+    for name in _REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
+
+
+def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
+    """Build the app. ``store`` overrides the SQLite store at ``settings.db`` (tests)."""
+    settings = settings if settings is not None else Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _install_redaction()
+        app.state.store = store if store is not None else SQLiteStore(settings.db)
+        app.state.hub = Hub(settings.client_queue_size, settings.client_max_skipped)
+        try:
+            yield
+        finally:
+            app.state.hub.close()
+            app.state.store.close()
+
+    app = FastAPI(
+        title="curvscope",
+        summary="Live curvature monitor: ingest from probes, REST and live updates for browsers.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(api.router)
+    app.include_router(ingest.router)
+    app.include_router(live.router)
+    app.include_router(pages.router)
+    return app

@@ -1,0 +1,82 @@
+"""The static dashboard: ``/`` (``web/index.html``), ``/static/...`` (the files of
+:mod:`curvscope.web`) and ``/static/vendor/plotly.min.js`` (plotly's bundled copy, no CDN).
+
+Only files with a known web suffix directly inside the ``web`` package are served.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import cache
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import FileResponse, HTMLResponse, Response
+
+__all__ = ["router", "web_dir"]
+
+router = APIRouter()
+
+_MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+
+_PLACEHOLDER = """<!doctype html>
+<html><head><meta charset="utf-8"><title>curvscope</title></head>
+<body><h1>curvscope</h1><p>The dashboard is not installed; the API is at
+<a href="/docs">/docs</a>.</p></body></html>
+"""
+
+
+@cache
+def web_dir() -> Path:
+    """The folder of the :mod:`curvscope.web` package."""
+    spec = importlib.util.find_spec("curvscope.web")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the curvscope.web package is missing")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@cache
+def _plotly_js() -> Path | None:
+    spec = importlib.util.find_spec("plotly")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
+    return path if path.is_file() else None
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> Response:
+    """The dashboard page (a placeholder until ``web/index.html`` exists)."""
+    page = web_dir() / "index.html"
+    if page.is_file():
+        return FileResponse(page, media_type=_MEDIA_TYPES[".html"])
+    return HTMLResponse(_PLACEHOLDER)
+
+
+@router.get("/static/vendor/plotly.min.js", include_in_schema=False)
+async def plotly_js() -> FileResponse:
+    """Plotly.js as bundled with the plotly Python package."""
+    path = _plotly_js()
+    if path is None:
+        raise HTTPException(404, "plotly is not installed")
+    return FileResponse(path, media_type=_MEDIA_TYPES[".js"])
+
+
+@router.get("/static/{name}", include_in_schema=False)
+async def static_file(name: str) -> FileResponse:
+    """A file of the web package (``.html``, ``.js``, ``.css``, ``.svg``; no sub-folders)."""
+    path = web_dir() / name
+    if (
+        "/" in name
+        or "\\" in name
+        or name.startswith(".")
+        or path.suffix not in _MEDIA_TYPES
+        or not path.is_file()
+    ):
+        raise HTTPException(404, "not found")
+    return FileResponse(path, media_type=_MEDIA_TYPES[path.suffix])

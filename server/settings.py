@@ -1,0 +1,72 @@
+"""Server settings: CLI flags and ``CURVSCOPE_*`` environment variables, validated at start-up.
+
+Precedence: explicit keyword arguments (the CLI passes its flags this way) over environment
+variables over the defaults below. Unsafe combinations are refused here, before anything
+listens on a socket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "Settings", "is_loopback_host"]
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+"""Largest ingest frame accepted by default (4 MiB)."""
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` only listens on the local machine (``localhost``, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Everything the server needs to start; see ``docs/api.md`` for the meaning of each."""
+
+    model_config = SettingsConfigDict(env_prefix="CURVSCOPE_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    db: Path = Path("curvscope.sqlite")
+    token: SecretStr | None = None
+    protect_reads: bool = False
+    insecure: bool = False
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1024, le=256 * 1024 * 1024)
+    live_window_s: float = Field(60.0, gt=0)
+    """A run is ``live`` while its last snapshot arrived less than this many seconds ago."""
+    client_queue_size: int = Field(256, ge=1)
+    """Messages buffered per browser client before it starts skipping ahead."""
+    client_max_skipped: int = Field(1024, ge=0)
+    """Messages a browser client may skip in a row before it is disconnected."""
+    allowed_origins: list[str] = Field(default_factory=list)
+    """Extra browser origins (``scheme://host:port``) allowed on the websockets."""
+    max_points_limit: int = Field(10_000, ge=2)
+    """Upper bound on ``max_points`` accepted by the snapshots endpoint."""
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        token = self.token.get_secret_value() if self.token is not None else None
+        if token is not None and not token.strip():
+            raise ValueError("the token must not be empty")
+        if self.protect_reads and token is None:
+            raise ValueError("--protect-reads needs a token (--token or CURVSCOPE_TOKEN)")
+        if not is_loopback_host(self.host) and token is None and not self.insecure:
+            raise ValueError(
+                f"refusing to listen on {self.host} without a token: anyone on the network "
+                "could write into the server. Give --token (or CURVSCOPE_TOKEN), or pass "
+                "--insecure if you really mean it."
+            )
+        return self
+
+    def token_value(self) -> str | None:
+        """The configured token in clear, or ``None`` when the server is open."""
+        return self.token.get_secret_value() if self.token is not None else None

@@ -1,0 +1,448 @@
+"""Storage of snapshots and events behind a small interface, with an SQLite implementation.
+
+The :class:`Store` interface is all the API, ingest and hub know about; a PostgreSQL backend
+only has to implement it. Every method is synchronous and thread-safe: async callers run
+them in a worker thread (``asyncio.to_thread``).
+
+:class:`SQLiteStore` uses the standard library's :mod:`sqlite3` in WAL mode with
+``synchronous=FULL``: a snapshot is committed before :meth:`Store.append_snapshot` returns,
+so whatever the server acknowledged survives SIGKILL (and power loss). The schema is
+versioned with ``PRAGMA user_version`` and migrated step by step at open time.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from curvscope.server.protocol import EventMessage, SnapshotMessage
+
+__all__ = [
+    "EventRecord",
+    "RunSummary",
+    "SQLiteStore",
+    "SnapshotRecord",
+    "Store",
+    "StoreError",
+    "downsample_indices",
+]
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or used (unknown schema version, unreadable file...)."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What the run list shows about one run."""
+
+    run: str
+    snapshots: int
+    first_step: int | None
+    last_step: int | None
+    last_update: float
+    """Unix time the server last stored something for this run."""
+    errors: int
+    """Number of events of level ``error``."""
+
+    def to_dict(self, *, live_window_s: float, now: float | None = None) -> dict[str, Any]:
+        """The JSON shape of ``GET /api/runs`` entries; ``live``: updated within the window."""
+        now = time.time() if now is None else now
+        return {
+            "run": self.run,
+            "snapshots": self.snapshots,
+            "first_step": self.first_step,
+            "last_step": self.last_step,
+            "last_update": self.last_update,
+            "live": self.snapshots > 0 and now - self.last_update < live_window_s,
+            "errors": self.errors,
+        }
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """One stored snapshot: ``payload_json`` is the snapshot message minus ``type`` and
+    ``schema_version``, as a JSON object."""
+
+    run: str
+    step: int
+    received_at: float
+    payload_json: str
+
+    def to_json(self) -> str:
+        """The REST shape: the stored fields plus ``received_at``, as JSON text."""
+        body = self.payload_json.rstrip()
+        return f'{body[:-1]},"received_at":{json.dumps(self.received_at)}}}'
+
+    def to_dict(self) -> dict[str, Any]:
+        """The REST shape as a dict (see :meth:`to_json`)."""
+        data: dict[str, Any] = json.loads(self.payload_json)
+        data["received_at"] = self.received_at
+        return data
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One stored event."""
+
+    id: int
+    run: str
+    step: int | None
+    wall_time: float
+    level: str
+    message: str
+    received_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of ``GET /api/runs/{run}/events`` entries."""
+        return {
+            "id": self.id,
+            "run": self.run,
+            "step": self.step,
+            "wall_time": self.wall_time,
+            "level": self.level,
+            "message": self.message,
+            "received_at": self.received_at,
+        }
+
+
+def snapshot_payload_json(message: SnapshotMessage) -> str:
+    """The stored JSON of a snapshot message (no ``type``, no ``schema_version``)."""
+    return message.model_dump_json(exclude={"type", "schema_version"})
+
+
+def downsample_indices(n: int, max_points: int | None) -> list[int]:
+    """Indices of at most ``max_points`` of ``n`` ordered points, evenly spread.
+
+    The last point (the latest step) is always kept; with two or more points the first is
+    kept too. ``max_points=None`` keeps everything.
+    """
+    if max_points is None or n <= max_points:
+        return list(range(n))
+    if max_points <= 0:
+        return []
+    if max_points == 1:
+        return [n - 1]
+    step = (n - 1) / (max_points - 1)
+    return sorted({round(i * step) for i in range(max_points)} | {n - 1})
+
+
+class Store(abc.ABC):
+    """What the server needs from storage. Implementations must be thread-safe."""
+
+    @abc.abstractmethod
+    def append_snapshot(self, message: SnapshotMessage, received_at: float) -> bool:
+        """Store a snapshot durably; ``False`` if ``(run, step)`` was already stored (then
+        nothing changes)."""
+
+    @abc.abstractmethod
+    def append_event(self, message: EventMessage, received_at: float) -> bool:
+        """Store an event durably; ``False`` if the identical event was already stored."""
+
+    @abc.abstractmethod
+    def list_runs(self) -> list[RunSummary]:
+        """All runs, most recently updated first."""
+
+    @abc.abstractmethod
+    def get_run(self, run: str) -> RunSummary | None:
+        """One run's summary, or ``None`` if nothing is stored for it."""
+
+    @abc.abstractmethod
+    def read_snapshots(
+        self,
+        run: str,
+        start: int | None = None,
+        end: int | None = None,
+        max_points: int | None = None,
+    ) -> list[SnapshotRecord]:
+        """Snapshots with ``start <= step <= end`` in step order, down-sampled to at most
+        ``max_points`` (see :func:`downsample_indices`: the latest step is always kept)."""
+
+    @abc.abstractmethod
+    def read_snapshot(self, run: str, step: int) -> SnapshotRecord | None:
+        """One snapshot by key."""
+
+    @abc.abstractmethod
+    def iter_snapshots(self, run: str) -> Iterator[SnapshotRecord]:
+        """All snapshots of a run in step order, read lazily (for exports)."""
+
+    @abc.abstractmethod
+    def read_events(self, run: str) -> list[EventRecord]:
+        """A run's events in arrival order."""
+
+    @abc.abstractmethod
+    def delete_run(self, run: str) -> bool:
+        """Remove a run with its snapshots and events; ``False`` if it did not exist."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+
+
+_MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
+    (
+        1,
+        (
+            """CREATE TABLE runs (
+                name TEXT PRIMARY KEY,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL
+            )""",
+            """CREATE TABLE snapshots (
+                run TEXT NOT NULL,
+                step INTEGER NOT NULL,
+                received_at REAL NOT NULL,
+                payload TEXT NOT NULL,
+                PRIMARY KEY (run, step)
+            )""",
+            """CREATE TABLE events (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                run TEXT NOT NULL,
+                step INTEGER,
+                wall_time REAL NOT NULL,
+                level TEXT NOT NULL,
+                message TEXT NOT NULL,
+                received_at REAL NOT NULL
+            )""",
+            """CREATE UNIQUE INDEX events_identity
+                ON events (run, IFNULL(step, -1), wall_time, level, message)""",
+            "CREATE INDEX events_by_run ON events (run, id)",
+        ),
+    ),
+]
+"""Schema migrations ``(version, statements)``; append, never edit a released one."""
+
+SCHEMA_VERSION = _MIGRATIONS[-1][0]
+
+_SUMMARY_SQL = """
+SELECT r.name, r.updated_at,
+       (SELECT COUNT(*) FROM snapshots s WHERE s.run = r.name),
+       (SELECT MIN(step) FROM snapshots s WHERE s.run = r.name),
+       (SELECT MAX(step) FROM snapshots s WHERE s.run = r.name),
+       (SELECT COUNT(*) FROM events e WHERE e.run = r.name AND e.level = 'error')
+FROM runs r
+"""
+
+
+class SQLiteStore(Store):
+    """:class:`Store` on one SQLite file (WAL, ``synchronous=FULL``, one connection per thread).
+
+    Writes are serialised by a lock; reads run concurrently on per-thread connections.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._closed = False
+        self._migrate()
+
+    # -- connections -----------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError("the store is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(
+                    self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open the database {self.path}: {exc}") from exc
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _migrate(self) -> None:
+        conn = self._conn()
+        with self._write_lock:
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema version {current}, newer than this curvscope "
+                    f"({SCHEMA_VERSION}); upgrade curvscope"
+                )
+            for version, statements in _MIGRATIONS:
+                if version <= current:
+                    continue
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in statements:
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {version}")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+
+    def schema_version(self) -> int:
+        """The schema version of the open file."""
+        return int(self._conn().execute("PRAGMA user_version").fetchone()[0])
+
+    # -- writes ----------------------------------------------------------------------------
+    def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
+        """Run statements in one transaction; returns the rowcount of the first."""
+        conn = self._conn()
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                first = conn.execute(*statements[0]).rowcount
+                if first:
+                    for sql, params in statements[1:]:
+                        conn.execute(sql, params)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return first
+
+    def _touch_run(self, run: str, received_at: float) -> tuple[str, tuple[Any, ...]]:
+        return (
+            "INSERT INTO runs (name, created_at, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET updated_at = excluded.updated_at",
+            (run, received_at, received_at),
+        )
+
+    def append_snapshot(self, message: SnapshotMessage, received_at: float) -> bool:
+        inserted = self._write(
+            [
+                (
+                    "INSERT OR IGNORE INTO snapshots (run, step, received_at, payload) "
+                    "VALUES (?, ?, ?, ?)",
+                    (message.run, message.step, received_at, snapshot_payload_json(message)),
+                ),
+                self._touch_run(message.run, received_at),
+            ]
+        )
+        return inserted == 1
+
+    def append_event(self, message: EventMessage, received_at: float) -> bool:
+        inserted = self._write(
+            [
+                (
+                    "INSERT OR IGNORE INTO events "
+                    "(run, step, wall_time, level, message, received_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        message.run,
+                        message.step,
+                        message.wall_time,
+                        message.level,
+                        message.message,
+                        received_at,
+                    ),
+                ),
+                self._touch_run(message.run, received_at),
+            ]
+        )
+        return inserted == 1
+
+    def delete_run(self, run: str) -> bool:
+        deleted = self._write(
+            [
+                ("DELETE FROM runs WHERE name = ?", (run,)),
+                ("DELETE FROM snapshots WHERE run = ?", (run,)),
+                ("DELETE FROM events WHERE run = ?", (run,)),
+            ]
+        )
+        return deleted == 1
+
+    # -- reads -----------------------------------------------------------------------------
+    @staticmethod
+    def _summary(row: tuple[Any, ...]) -> RunSummary:
+        name, updated_at, count, first, last, errors = row
+        return RunSummary(name, count, first, last, updated_at, errors)
+
+    def list_runs(self) -> list[RunSummary]:
+        rows = self._conn().execute(_SUMMARY_SQL + " ORDER BY r.updated_at DESC, r.name")
+        return [self._summary(row) for row in rows]
+
+    def get_run(self, run: str) -> RunSummary | None:
+        row = self._conn().execute(_SUMMARY_SQL + " WHERE r.name = ?", (run,)).fetchone()
+        return None if row is None else self._summary(row)
+
+    def read_snapshots(
+        self,
+        run: str,
+        start: int | None = None,
+        end: int | None = None,
+        max_points: int | None = None,
+    ) -> list[SnapshotRecord]:
+        conn = self._conn()
+        lo = -1 if start is None else start
+        hi = 2**63 - 1 if end is None else end
+        steps = [
+            row[0]
+            for row in conn.execute(
+                "SELECT step FROM snapshots WHERE run = ? AND step BETWEEN ? AND ? ORDER BY step",
+                (run, lo, hi),
+            )
+        ]
+        chosen = [steps[i] for i in downsample_indices(len(steps), max_points)]
+        if not chosen:
+            return []
+        rows = conn.execute(
+            "SELECT step, received_at, payload FROM snapshots "
+            "WHERE run = ? AND step IN (SELECT value FROM json_each(?)) ORDER BY step",
+            (run, json.dumps(chosen)),
+        )
+        return [SnapshotRecord(run, step, received, payload) for step, received, payload in rows]
+
+    def read_snapshot(self, run: str, step: int) -> SnapshotRecord | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT received_at, payload FROM snapshots WHERE run = ? AND step = ?",
+                (run, step),
+            )
+            .fetchone()
+        )
+        return None if row is None else SnapshotRecord(run, step, row[0], row[1])
+
+    def iter_snapshots(self, run: str, batch: int = 256) -> Iterator[SnapshotRecord]:
+        last = -1
+        while True:
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT step, received_at, payload FROM snapshots "
+                    "WHERE run = ? AND step > ? ORDER BY step LIMIT ?",
+                    (run, last, batch),
+                )
+                .fetchall()
+            )
+            if not rows:
+                return
+            for step, received, payload in rows:
+                yield SnapshotRecord(run, step, received, payload)
+            last = rows[-1][0]
+
+    def read_events(self, run: str) -> list[EventRecord]:
+        rows = self._conn().execute(
+            "SELECT id, run, step, wall_time, level, message, received_at FROM events "
+            "WHERE run = ? ORDER BY id",
+            (run,),
+        )
+        return [EventRecord(*row) for row in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()

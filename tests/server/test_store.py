@@ -1,0 +1,126 @@
+"""SQLiteStore: idempotent appends, runs, ranges, down-sampling, events, deletion, migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from curvscope.server.protocol import EventMessage, SnapshotMessage
+from curvscope.server.store import SQLiteStore, StoreError, downsample_indices
+from tests.helpers.messages import make_event, make_snapshot
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = SQLiteStore(tmp_path / "s.sqlite")
+    yield s
+    s.close()
+
+
+def snap(run: str = "r", step: int = 0, **kw) -> SnapshotMessage:
+    return SnapshotMessage.model_validate(make_snapshot(run, step, **kw))
+
+
+def test_append_is_idempotent_on_run_and_step(store: SQLiteStore) -> None:
+    assert store.append_snapshot(snap(step=3, loss=1.0), 10.0) is True
+    assert store.append_snapshot(snap(step=3, loss=2.0), 11.0) is False
+    records = store.read_snapshots("r")
+    assert [r.step for r in records] == [3]
+    assert records[0].to_dict()["loss"] == 1.0  # the first copy stays
+    assert records[0].received_at == 10.0
+
+
+def test_stored_shape_is_the_message_plus_received_at(store: SQLiteStore) -> None:
+    message = snap(step=1)
+    store.append_snapshot(message, 5.0)
+    data = store.read_snapshot("r", 1).to_dict()
+    expected = message.model_dump(mode="json", exclude={"type", "schema_version"})
+    assert data == expected | {"received_at": 5.0}
+
+
+def test_list_runs_counts_steps_and_errors(store: SQLiteStore) -> None:
+    for step in (5, 1, 9):
+        store.append_snapshot(snap("a", step), 100.0 + step)
+    store.append_snapshot(snap("b", 0), 50.0)
+    store.append_event(EventMessage.model_validate(make_event("a")), 120.0)
+    store.append_event(EventMessage.model_validate(make_event("a", level="info")), 121.0)
+    runs = {r.run: r for r in store.list_runs()}
+    assert runs["a"].snapshots == 3
+    assert (runs["a"].first_step, runs["a"].last_step) == (1, 9)
+    assert runs["a"].errors == 1
+    assert runs["a"].last_update == 121.0
+    assert [r.run for r in store.list_runs()] == ["a", "b"]  # most recent first
+    assert store.get_run("missing") is None
+    summary = runs["a"].to_dict(live_window_s=60.0, now=130.0)
+    assert summary["live"] is True
+    assert runs["a"].to_dict(live_window_s=5.0, now=130.0)["live"] is False
+
+
+def test_events_are_idempotent(store: SQLiteStore) -> None:
+    event = EventMessage.model_validate(make_event("a", step=3))
+    assert store.append_event(event, 1.0) is True
+    assert store.append_event(event, 2.0) is False
+    assert [e.message for e in store.read_events("a")] == ["something failed"]
+
+
+def test_step_range_and_downsampling_keep_the_latest(store: SQLiteStore) -> None:
+    for step in range(0, 100, 3):  # 0, 3, ..., 99
+        store.append_snapshot(snap(step=step), 1.0)
+    in_range = [r.step for r in store.read_snapshots("r", start=10, end=40)]
+    assert in_range == list(range(12, 40, 3))
+    sampled = [r.step for r in store.read_snapshots("r", max_points=5)]
+    assert len(sampled) == 5
+    assert sampled[0] == 0 and sampled[-1] == 99
+    assert [r.step for r in store.read_snapshots("r", max_points=1)] == [99]
+    assert [r.step for r in store.read_snapshots("r", start=50, max_points=2)] == [51, 99]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 100, 101])
+@pytest.mark.parametrize("m", [1, 2, 3, 10, 1000])
+def test_downsample_indices(n: int, m: int) -> None:
+    idx = downsample_indices(n, m)
+    assert len(idx) == min(n, m)
+    assert idx == sorted(set(idx))
+    if n:
+        assert idx[-1] == n - 1
+        assert all(0 <= i < n for i in idx)
+
+
+def test_delete_run(store: SQLiteStore) -> None:
+    store.append_snapshot(snap("a", 1), 1.0)
+    store.append_snapshot(snap("b", 1), 1.0)
+    store.append_event(EventMessage.model_validate(make_event("a")), 1.0)
+    assert store.delete_run("a") is True
+    assert store.delete_run("a") is False
+    assert [r.run for r in store.list_runs()] == ["b"]
+    assert store.read_snapshots("a") == [] and store.read_events("a") == []
+
+
+def test_persists_across_reopen_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    first = SQLiteStore(path)
+    first.append_snapshot(snap(step=1), 1.0)
+    first.close()
+    second = SQLiteStore(path)
+    assert [r.step for r in second.read_snapshots("r")] == [1]
+    assert second.schema_version() == 1
+    mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    second.close()
+
+
+def test_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        SQLiteStore(path)
+
+
+def test_iter_snapshots_pages_through_everything(store: SQLiteStore) -> None:
+    for step in range(7):
+        store.append_snapshot(snap(step=step), 1.0)
+    assert [r.step for r in store.iter_snapshots("r", batch=3)] == list(range(7))
