@@ -159,11 +159,9 @@ async def read_snapshots(
     """Snapshots in step order, optionally in a step range and down-sampled."""
     limit = _settings(request).max_points_limit
     if max_points is not None and max_points > limit:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, f"max_points must be at most {limit}"
-        )
+        raise HTTPException(422, f"max_points must be at most {limit}")
     if start is not None and end is not None and start > end:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "start must be <= end")
+        raise HTTPException(422, "start must be <= end")
     await _summary_or_404(request, run)
     records = await asyncio.to_thread(_store(request).read_snapshots, run, start, end, max_points)
     return Response(_json_list(records), media_type="application/json")

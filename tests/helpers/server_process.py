@@ -29,7 +29,10 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["ServerProcess", "free_port", "running_server", "start_server"]
+__all__ = ["TEST_TOKEN", "ServerProcess", "free_port", "running_server", "start_server"]
+
+TEST_TOKEN = "s3cret-token-for-tests"
+"""A token for tests that configure one."""
 
 
 def free_port() -> int:

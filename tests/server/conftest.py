@@ -13,9 +13,8 @@ from fastapi.testclient import TestClient
 
 from curvscope.server.app import create_app
 from curvscope.server.settings import Settings
+from tests.helpers.server_process import TEST_TOKEN as TOKEN
 from tests.helpers.server_process import ServerProcess, running_server
-
-TOKEN = "s3cret-token-for-tests"
 
 
 @pytest.fixture
