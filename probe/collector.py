@@ -28,7 +28,7 @@ from curvscope.probe.directions import (
     eigvec_coefficients,
 )
 from curvscope.probe.errors import ConfigError
-from curvscope.probe.extension import FactorExtension, attach_hooks
+from curvscope.probe.extension import FactorExtension, attach_hooks, release_results
 from curvscope.probe.gram import GramAccumulator
 from curvscope.probe.snapshot import GroupSpectrum, Snapshot
 from curvscope.probe.spectrum import nontrivial_eigh
@@ -144,8 +144,11 @@ class ViViTCollector:
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             if seeded:
                 torch.manual_seed(self.config.seed)
-            with backpack(extension.backpack_extension):
-                yield
+            try:
+                with backpack(extension.backpack_extension):
+                    yield
+            finally:
+                release_results(self.module)
 
     def snapshot(self, loss: float) -> Snapshot:
         """Turn the accumulated Gram matrices into the snapshot's spectra and statistics."""

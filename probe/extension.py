@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, Literal, get_args
 
 import torch
 from backpack import hook_run_extensions, hook_store_io, memory_cleanup
@@ -22,12 +23,43 @@ from backpack.extensions.secondorder.sqrt_ggn import SqrtGGN
 from backpack.utils.module_classification import is_no_op
 from torch import Tensor, nn
 
+from curvscope.probe.conv_factors import conv_bias_factor, conv_weight_factor
 from curvscope.probe.factors import ExpandedFactor, Factor, OuterProductFactor, prefer_structured
 
-__all__ = ["LAYER_HANDLERS", "FactorExtension", "Sink", "attach_hooks", "supported_layers"]
+__all__ = [
+    "LAYER_HANDLERS",
+    "FactorExtension",
+    "FactorForm",
+    "Sink",
+    "attach_hooks",
+    "factor_form",
+    "supported_layers",
+]
 
 Sink = Callable[[nn.Parameter, Factor], None]
 _SAVEFIELD = "_curvscope_unused"
+
+
+FactorForm = Literal["auto", "structured", "expanded", "backpack"]
+_FORM: ContextVar[FactorForm] = ContextVar("curvscope_factor_form", default="auto")
+
+
+@contextmanager
+def factor_form(form: FactorForm) -> Iterator[None]:
+    """Force the form of every factor built inside (tests and benchmarks).
+
+    ``"auto"`` (the default) lets :func:`~curvscope.probe.factors.prefer_structured`
+    choose per layer; ``"structured"`` uses the structured form wherever a handler has
+    one; ``"expanded"`` expands every weight (with the handler's own expansion where it
+    has one, e.g. convolutions); ``"backpack"`` always uses BackPACK's generic expansion.
+    """
+    if form not in get_args(FactorForm):
+        raise ValueError(f"unknown factor form {form!r}")
+    token = _FORM.set(form)
+    try:
+        yield
+    finally:
+        _FORM.reset(token)
 
 
 def _linear_factor(
@@ -38,14 +70,18 @@ def _linear_factor(
     backproped: Tensor,
 ) -> Factor | None:
     """Structured factor of ``nn.Linear`` (extra input dimensions become positions T)."""
+    form = _FORM.get()
+    if form in ("expanded", "backpack"):
+        return None
     a = module.input0
     n, in_dim, out_dim = a.shape[0], module.in_features, module.out_features
     t = a[0].numel() // in_dim
-    r = backproped.shape[0] * backproped.shape[1]
-    if param_name == "weight" and not prefer_structured(r, t, n, out_dim, in_dim):
+    c, m = backproped.shape[:2]
+    auto = form == "auto" and param_name == "weight"
+    if auto and not prefer_structured(c * m, t, n, out_dim, in_dim, 1, m):
         return None
     return OuterProductFactor(
-        backproped.reshape(*backproped.shape[:2], t, out_dim),
+        backproped.reshape(c, m, t, out_dim),
         g_out.reshape(n, t, out_dim),
         a.reshape(n, t, in_dim) if param_name == "weight" else None,
         ext.get_subsampling(),
@@ -53,9 +89,31 @@ def _linear_factor(
     )
 
 
+def _conv_factor(
+    ext: SqrtGGN,
+    module: nn.Conv1d | nn.Conv2d | nn.Conv3d,
+    param_name: str,
+    g_out: Tensor,
+    backproped: Tensor,
+) -> Factor | None:
+    """Factor of a convolution's weight or bias (:mod:`curvscope.probe.conv_factors`)."""
+    form = _FORM.get()
+    if form == "backpack":
+        return None
+    if param_name == "bias":
+        return conv_bias_factor(module, backproped, g_out, ext.get_subsampling())
+    return conv_weight_factor(module, backproped, g_out, ext.get_subsampling(), form)
+
+
 LayerHandler = Callable[[SqrtGGN, Any, str, Tensor, Tensor], "Factor | None"]
-LAYER_HANDLERS: dict[type[nn.Module], LayerHandler] = {nn.Linear: _linear_factor}
-"""Layers with a structured form. A handler returns ``None`` to fall back to expansion."""
+LAYER_HANDLERS: dict[type[nn.Module], LayerHandler] = {
+    nn.Linear: _linear_factor,
+    nn.Conv1d: _conv_factor,
+    nn.Conv2d: _conv_factor,
+    nn.Conv3d: _conv_factor,
+}
+"""Layers with their own factor forms. A handler returns ``None`` to fall back to
+BackPACK's generic expansion of ``V_p`` (and of the per-sample gradients)."""
 
 
 class FactorExtension:
@@ -155,3 +213,11 @@ def attach_hooks(*modules: nn.Module) -> Iterator[None]:
             handle.remove()
         for module in hooked:
             memory_cleanup(module)
+
+
+def release_results(*modules: nn.Module) -> None:
+    """Remove the (empty) result attribute BackPACK sets on every parameter it visits."""
+    for module in modules:
+        for param in module.parameters():
+            if hasattr(param, _SAVEFIELD):
+                delattr(param, _SAVEFIELD)
