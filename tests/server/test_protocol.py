@@ -1,0 +1,51 @@
+"""Wire protocol: top-k shapes (K' <= K), sentinels, finiteness, key."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from curvscope.server.protocol import (
+    SNR_UNDEFINED,
+    GroupPayload,
+    SnapshotMessage,
+    parse_ingest_message,
+)
+from tests.helpers.messages import make_group, make_snapshot
+
+
+@pytest.mark.parametrize(("k", "k_stats"), [(3, 3), (5, 2), (4, 0), (0, 0)])
+def test_statistics_may_cover_the_top_k_directions_only(k: int, k_stats: int) -> None:
+    group = GroupPayload.model_validate(make_group(k=k, k_stats=k_stats))
+    assert len(group.eigvals) == k and len(group.gamma) == k_stats
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"gamma": [1.0] * 4}, "more than the K = 3 eigvals"),
+        ({"grad_overlap": [1.0] * 2}, "grad_overlap has 2 entries, gamma has 3"),
+        ({"lambdas": [[1.0, 2.0, 3.0], [1.0]]}, "lambdas row 1 has 1 entries"),
+        ({"eigvals": [1.0, -2.0, 0.5]}, "eigvals must be positive"),
+        ({"snr_gamma": [1.0, -0.5, 2.0]}, "snr_gamma must be >= 0 or the sentinel"),
+    ],
+)
+def test_invalid_groups_say_what_is_wrong(overrides: dict, fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        GroupPayload.model_validate(make_group() | overrides)
+
+
+def test_the_snr_sentinel_is_allowed() -> None:
+    group = GroupPayload.model_validate(make_group() | {"snr_lambda": [SNR_UNDEFINED] * 3})
+    assert group.snr_lambda == [-1.0, -1.0, -1.0]
+
+
+def test_parse_dispatches_on_type_and_exposes_the_key() -> None:
+    message = parse_ingest_message(make_snapshot("r", 4))
+    assert isinstance(message, SnapshotMessage) and message.key == ("r", 4)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_numbers_must_be_finite(value: float) -> None:
+    with pytest.raises(ValidationError):
+        parse_ingest_message(make_snapshot() | {"loss": value})
