@@ -1,5 +1,8 @@
-"""The static dashboard: ``/`` (``web/index.html``), ``/static/...`` (the files of
-:mod:`curvscope.web`) and ``/static/vendor/plotly.min.js`` (plotly's bundled copy, no CDN).
+"""The static dashboard: the pages ``/`` (run list), ``/runs/{run}`` (run view) and
+``/compare`` (run comparison), all served from ``web/index.html`` (the page's scripts read the
+path); ``/static/...`` (the files of :mod:`curvscope.web`) and ``/static/vendor/plotly.min.js``
+(plotly's bundled copy, no CDN). The figure endpoints of :mod:`curvscope.server.figure_api`
+are mounted here too, so the page and its data come with one router.
 
 Only files with a known web suffix directly inside the ``web`` package are served.
 """
@@ -13,9 +16,12 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
+from curvscope.server import figure_api
+
 __all__ = ["router", "web_dir"]
 
 router = APIRouter()
+router.include_router(figure_api.router)
 
 _MEDIA_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -50,6 +56,8 @@ def _plotly_js() -> Path | None:
 
 
 @router.get("/", include_in_schema=False)
+@router.get("/compare", include_in_schema=False)
+@router.get("/runs/{run}", include_in_schema=False)
 async def index() -> Response:
     """The dashboard page (a placeholder until ``web/index.html`` exists)."""
     page = web_dir() / "index.html"

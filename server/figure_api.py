@@ -1,0 +1,306 @@
+"""REST endpoints returning Plotly figure JSON built by :mod:`curvscope.server.figures`.
+
+The dashboard page renders exactly these figures, so the page and the HTML report share
+one definition of every plot. Shapes are documented in ``docs/api.md`` (section
+"Figures"). Long runs are down-sampled on the server (``max_points``, the latest step is
+always kept), so a run of 1,000 snapshots loads as fast as one of 200.
+
+- ``GET /api/runs/{run}/figures``: everything the run view shows at one step.
+- ``GET /api/runs/{run}/figures/step``: only the per-step figures (for the step slider).
+- ``GET /api/compare/figures?runs=a&runs=b``: several runs overlaid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import re
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import plotly.graph_objects as go
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+
+from curvscope.server import figures
+from curvscope.server.auth import require_read
+from curvscope.server.figures import DensityMode, Overlay, Snapshot
+from curvscope.server.protocol import MAX_RUN_NAME_LENGTH, RUN_NAME_PATTERN
+from curvscope.server.settings import Settings
+from curvscope.server.store import RunSummary, Store
+
+__all__ = ["DEFAULT_MAX_POINTS", "router", "run_view_data"]
+
+DEFAULT_MAX_POINTS = 200
+"""Snapshots read for the figures over steps unless ``max_points`` says otherwise."""
+MAX_COMPARE_RUNS = 8
+_RUN_NAME = re.compile(RUN_NAME_PATTERN)
+
+RunPath = Annotated[
+    str,
+    Path(min_length=1, max_length=MAX_RUN_NAME_LENGTH, pattern=RUN_NAME_PATTERN),
+]
+MaxPoints = Annotated[
+    int,
+    Query(ge=2, description="Snapshots read for figures over steps (the latest is kept)"),
+]
+Mode = Annotated[DensityMode, Query(description="density (per decade) or count")]
+OverlayQuery = Annotated[Overlay, Query(description="overlay the first/latest density")]
+Top = Annotated[int, Query(ge=1, le=50, description="eigenvalue trajectories shown")]
+
+router = APIRouter(prefix="/api", dependencies=[Depends(require_read)])
+
+
+class _NotFound(LookupError):
+    pass
+
+
+def _figure_json(fig: go.Figure) -> str:
+    return str(fig.to_json(validate=False))
+
+
+def _encode(value: Any) -> str:
+    """JSON text of nested dicts/lists whose leaves may be figures (encoded by plotly)."""
+    if isinstance(value, go.Figure):
+        return _figure_json(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_encode(str(k))}:{_encode(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_encode(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _groups_of(*snapshots: Snapshot | None) -> list[str]:
+    names: list[str] = []
+    for snap in snapshots:
+        for name in figures.group_names(snap or {}):
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _events(store: Store, run: str, limit: int = 20) -> list[dict[str, Any]]:
+    events = [e.to_dict() for e in store.read_events(run) if e.level in ("error", "warning")]
+    return events[-limit:]
+
+
+def _summary(store: Store, run: str) -> RunSummary:
+    summary = store.get_run(run)
+    if summary is None:
+        raise _NotFound(f"no run named {run!r}")
+    return summary
+
+
+def _pick_step(
+    store: Store, run: str, series: list[Snapshot], step: int | None
+) -> tuple[Snapshot, list[int]]:
+    """The snapshot at ``step`` (latest if ``None``) and the slider's steps."""
+    steps = [s["step"] for s in series]
+    if step is None:
+        return series[-1], steps
+    i = bisect.bisect_left(steps, step)
+    if i < len(steps) and steps[i] == step:
+        return series[i], steps
+    record = store.read_snapshot(run, step)
+    if record is None:
+        raise _NotFound(f"run {run!r} has no snapshot at step {step}")
+    steps.insert(i, step)
+    return record.to_dict(), steps
+
+
+def _step_groups(
+    current: Snapshot,
+    first: Snapshot | None,
+    latest: Snapshot | None,
+    *,
+    overlay: Overlay,
+    mode: DensityMode,
+    run: str,
+) -> list[dict[str, Any]]:
+    out = []
+    for name in _groups_of(current, latest):
+        group = figures.find_group(current, name) or {}
+        out.append(
+            {
+                "name": name,
+                "num_params": group.get("num_params"),
+                "k": len(group.get("eigvals", ())),
+                "k_stats": len(group.get("gamma", ())),
+                "grad_norm_sq": group.get("grad_norm_sq"),
+                "figures": figures.step_figures(
+                    current, name, first=first, latest=latest, overlay=overlay, mode=mode, run=run
+                ),
+            }
+        )
+    return out
+
+
+def run_view_data(
+    store: Store,
+    run: str,
+    *,
+    step: int | None = None,
+    mode: DensityMode = "density",
+    overlay: Overlay = "none",
+    max_points: int = DEFAULT_MAX_POINTS,
+    top: int = 8,
+    live_window_s: float = 60.0,
+) -> dict[str, Any]:
+    """Everything the run view (and the report) shows, with figures as ``go.Figure``.
+
+    Keys: ``run`` (summary), ``step``, ``steps`` (the down-sampled steps, for the slider),
+    ``downsampled``, ``events`` (errors and warnings), ``loss`` (figure), ``groups`` (per
+    group: ``name, num_params, k, k_stats, grad_norm_sq`` and ``figures`` with ``density,
+    snr, gamma, overlap, eigvals``).
+
+    Raises:
+        LookupError: no such run, or no snapshot at ``step``.
+    """
+    summary = _summary(store, run)
+    series = [r.to_dict() for r in store.read_snapshots(run, max_points=max_points)]
+    data: dict[str, Any] = {
+        "run": summary.to_dict(live_window_s=live_window_s),
+        "step": None,
+        "steps": [],
+        "downsampled": summary.snapshots > len(series),
+        "events": _events(store, run),
+        "loss": figures.loss_figure(series, uirevision=f"{run}:loss"),
+        "groups": [],
+    }
+    if not series:
+        return data
+    current, steps = _pick_step(store, run, series, step)
+    groups = _step_groups(current, series[0], series[-1], overlay=overlay, mode=mode, run=run)
+    for group in groups:
+        group["figures"].update(figures.series_figures(series, group["name"], top=top, run=run))
+    data.update(step=current["step"], steps=steps, groups=groups)
+    return data
+
+
+def _step_data(
+    store: Store, run: str, step: int | None, mode: DensityMode, overlay: Overlay
+) -> dict[str, Any]:
+    summary = _summary(store, run)
+    if summary.first_step is None or summary.last_step is None:
+        return {"run": run, "step": None, "groups": []}
+    first = store.read_snapshot(run, summary.first_step)
+    latest = store.read_snapshot(run, summary.last_step)
+    current = latest if step is None else store.read_snapshot(run, step)
+    if current is None or first is None or latest is None:
+        raise _NotFound(f"run {run!r} has no snapshot at step {step}")
+    snap = current.to_dict()
+    groups = _step_groups(
+        snap, first.to_dict(), latest.to_dict(), overlay=overlay, mode=mode, run=run
+    )
+    return {"run": run, "step": snap["step"], "groups": groups}
+
+
+def _compare_data(
+    store: Store, runs: Sequence[str], group: str | None, mode: DensityMode, max_points: int
+) -> dict[str, Any]:
+    series: list[tuple[str, list[Snapshot]]] = []
+    for run in runs:
+        _summary(store, run)
+        records = store.read_snapshots(run, max_points=max_points)
+        series.append((run, [r.to_dict() for r in records]))
+    with_data = [(run, s) for run, s in series if s]
+    names = _groups_of(*(s[-1] for _, s in with_data))
+    chosen = group if group is not None else (names[0] if names else "")
+    latest = [(run, s[-1]) for run, s in with_data]
+    key = ",".join(runs)
+    return {
+        "runs": list(runs),
+        "group": chosen,
+        "groups": names,
+        "figures": {
+            "density": figures.compare_density_figure(
+                latest, chosen, mode=mode, uirevision=f"{key}:{chosen}:density:{mode}"
+            ),
+            "eigvals": figures.compare_trajectories_figure(
+                with_data, chosen, uirevision=f"{key}:{chosen}:eigvals"
+            ),
+            "loss": figures.compare_loss_figure(series, uirevision=f"{key}:loss"),
+        },
+    }
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def _limit(request: Request, max_points: int) -> None:
+    settings: Settings = request.app.state.settings
+    if max_points > settings.max_points_limit:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            f"max_points must be at most {settings.max_points_limit}",
+        )
+
+
+async def _respond(func: Any, *args: Any, **kwargs: Any) -> Response:
+    try:
+        data = await asyncio.to_thread(func, *args, **kwargs)
+    except _NotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    body = await asyncio.to_thread(_encode, data)
+    return Response(body, media_type="application/json")
+
+
+@router.get("/runs/{run}/figures", responses={404: {"description": "No such run or step"}})
+async def run_figures(
+    request: Request,
+    run: RunPath,
+    step: Annotated[int | None, Query(ge=0, description="Step shown (default: latest)")] = None,
+    mode: Mode = "density",
+    overlay: OverlayQuery = "none",
+    max_points: MaxPoints = DEFAULT_MAX_POINTS,
+    top: Top = 8,
+) -> Response:
+    """Every figure of the run view at ``step``, as Plotly figure JSON."""
+    _limit(request, max_points)
+    settings: Settings = request.app.state.settings
+    return await _respond(
+        run_view_data,
+        _store(request),
+        run,
+        step=step,
+        mode=mode,
+        overlay=overlay,
+        max_points=max_points,
+        top=top,
+        live_window_s=settings.live_window_s,
+    )
+
+
+@router.get("/runs/{run}/figures/step", responses={404: {"description": "No such run or step"}})
+async def step_figures(
+    request: Request,
+    run: RunPath,
+    step: Annotated[int | None, Query(ge=0, description="Step shown (default: latest)")] = None,
+    mode: Mode = "density",
+    overlay: OverlayQuery = "none",
+) -> Response:
+    """Only the per-step figures (density, SNR, |γ|, overlap) of every group at ``step``."""
+    return await _respond(_step_data, _store(request), run, step, mode, overlay)
+
+
+@router.get("/compare/figures", responses={404: {"description": "A run does not exist"}})
+async def compare_figures(
+    request: Request,
+    runs: Annotated[list[str], Query(description="Run names (two or more)")],
+    group: Annotated[str | None, Query(description="Parameter group (default: first)")] = None,
+    mode: Mode = "density",
+    max_points: MaxPoints = DEFAULT_MAX_POINTS,
+) -> Response:
+    """Several runs overlaid: latest spectral density, eigenvalue trajectories and loss."""
+    _limit(request, max_points)
+    names = [r for part in runs for r in part.split(",") if r]
+    if not names or len(names) > MAX_COMPARE_RUNS:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY, f"give 1 to {MAX_COMPARE_RUNS} runs"
+        )
+    bad = [r for r in names if len(r) > MAX_RUN_NAME_LENGTH or not _RUN_NAME.fullmatch(r)]
+    if bad:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"invalid run name {bad[0]!r}")
+    return await _respond(_compare_data, _store(request), names, group, mode, max_points)
