@@ -1,0 +1,390 @@
+"""The training-loop integration: :class:`Probe`.
+
+Usage::
+
+    probe = Probe(model, loss_fn, run="cifar-3c3d", url="http://127.0.0.1:8000", every=10)
+    for step, (x, y) in enumerate(loader):
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        with probe(step):
+            loss.backward()
+        optimizer.step()
+    probe.close()
+
+**In-loop mode** (default) measures the user's own batch in the user's own backward pass.
+BackPACK needs its IO hooks in place during the forward pass, which runs before
+``probe(step)`` is entered, so the probe predicts: a forward pre-hook on the model attaches
+the :class:`~curvscope.probe.collector.ViViTCollector` hooks when the *next* step (the
+last step plus the last stride; any step before the first call) is scheduled. Inside
+``with probe(step)`` the collector's BackPACK extension folds the GGN factors into Gram
+matrices during ``loss.backward()``; the snapshot is built on exit. Unscheduled steps run
+no BackPACK code at all: two Python hooks (the pre-hook and a forward hook on the loss)
+check a flag. The user's ``p.grad`` are those of a plain backward, bit for bit.
+
+**Held-out mode** (``monitor_batch=(X, y)``) runs :func:`~curvscope.probe.compute_snapshot`
+on that fixed batch on exit from a scheduled ``probe(step)``, with the model in eval mode
+(restored after), the RNG state forked, and the user's gradients restored.
+
+Failures inside the probe are logged (``logging``, logger ``curvscope.probe``) and sent to
+the server as run events (level ``error``); they never reach the training loop unless
+``strict=True``. What can be checked up front raises at construction.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from curvscope.probe.collector import ViViTCollector
+from curvscope.probe.compute import compute_snapshot
+from curvscope.probe.config import ViViTConfig
+from curvscope.probe.errors import ConfigError, NonFiniteLossError
+from curvscope.probe.schedules import Schedule, as_schedule
+from curvscope.probe.spool import Message, Spool
+from curvscope.probe.transport import CloseReport, OfflineTransport, Transport, TransportOptions
+from curvscope.probe.validation import batch_size_of
+from curvscope.probe.wire import Mode, encode_event, encode_snapshot
+from curvscope.server.protocol import MAX_RUN_NAME_LENGTH, RUN_NAME_PATTERN
+
+__all__ = ["Probe"]
+
+log = logging.getLogger("curvscope.probe")
+
+Level = Literal["info", "warning", "error"]
+
+
+class Probe:
+    """Measure ViViT snapshots inside a training loop and stream them to a server.
+
+    Args:
+        model: the network being trained (BackPACK-supported layers; in-loop mode needs a
+            model BackPACK can follow without converting it, and BatchNorm in eval mode).
+        loss_fn: the loss module the loop calls (``CrossEntropyLoss``, ``MSELoss``,
+            ``BCEWithLogitsLoss``); in-loop mode needs the loop to call this very instance.
+        run: the run's name on the server (letters, digits, ``.``, ``_``, ``-``).
+        url: the server (``http://host:port``); ``None`` with ``spool_dir`` = offline mode.
+        token: the server's ingest token, if it has one.
+        every: an int k (every k-th step, from step 0) or a schedule ``step -> bool``
+            (:func:`~curvscope.probe.schedules.linear`,
+            :func:`~curvscope.probe.schedules.logarithmic`).
+        config: what to compute.
+        monitor_batch: ``(X, y)``: held-out mode on this fixed batch.
+        spool_dir: where undelivered messages wait (default: a temporary directory,
+            created when first needed and named in the log).
+        strict: let errors inside the probe propagate (for debugging) instead of logging
+            and reporting them.
+        transport_options: queue size, timeouts and backoff of the sender.
+
+    Raises:
+        CurvscopeError: an unsupported layer or loss, a bad config, run name or batch.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        run: str,
+        url: str | None = "http://127.0.0.1:8000",
+        token: str | None = None,
+        every: int | Schedule = 10,
+        config: ViViTConfig | None = None,
+        monitor_batch: tuple[Tensor, Tensor] | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        strict: bool = False,
+        *,
+        transport_options: TransportOptions | None = None,
+    ) -> None:
+        if len(run) > MAX_RUN_NAME_LENGTH or not re.fullmatch(RUN_NAME_PATTERN, run):
+            raise ConfigError(
+                f"run name {run!r} is not valid: 1-{MAX_RUN_NAME_LENGTH} letters, digits, "
+                "'.', '_' or '-', starting with a letter or digit"
+            )
+        if url is None and spool_dir is None:
+            raise ConfigError("url=None is offline mode and needs a spool_dir to write to")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.run = run
+        self.config = config or ViViTConfig()
+        self.schedule = as_schedule(every)
+        self.strict = strict
+        self.mode: Mode = "in-loop" if monitor_batch is None else "held-out"
+        self._monitor: tuple[Tensor, Tensor] | None = None
+        self._collector: ViViTCollector | None = None
+        if monitor_batch is None:
+            self._collector = self._checked_collector()
+        else:
+            inputs, targets = monitor_batch
+            self.config.subsample_indices(batch_size_of(inputs, targets))
+            with _eval_mode(model):
+                ViViTCollector(model, loss_fn, self.config)  # the up-front checks only
+            self._monitor = (inputs, targets)
+        self._structure = _structure(model)
+
+        spool = Spool(spool_dir)
+        self._sink: Transport | OfflineTransport = (
+            OfflineTransport(spool)
+            if url is None
+            else Transport(url, token, spool, transport_options)
+        )
+
+        # Step bookkeeping (the prediction of the next step).
+        self._last_step: int | None = None
+        self._stride = 1
+        self._step: int | None = None
+        self._scheduled = False
+        # Per-step state: hooks attached for this step's forward, the loss it saw.
+        self._armed = False
+        self._hooks: ExitStack | None = None
+        self._backward: ExitStack | None = None
+        self._loss: Tensor | None = None
+        self._batch_size = 0
+        self._loss_value = math.nan
+        self._closed = False
+        self._report_close: CloseReport | None = None
+
+        self._handles = [
+            model.register_forward_pre_hook(self._before_forward),
+            loss_fn.register_forward_hook(self._after_loss),
+        ]
+        # A model that is itself one layer gets its backward hook only if it is attached
+        # before its forward starts: attach one step ahead instead of in the pre-hook.
+        self._ahead = next(model.children(), None) is None
+        if self._ahead:
+            self._arm()
+        atexit.register(self._at_exit)
+
+    # -- the user's loop --------------------------------------------------------------
+
+    def __call__(self, step: int) -> Probe:
+        """``with probe(step): loss.backward()`` -- measure this step if it is scheduled."""
+        self._step = step
+        return self
+
+    def __enter__(self) -> Probe:
+        step = self._step
+        if step is None:
+            raise RuntimeError("use the probe as `with probe(step):`")
+        self._scheduled = not self._closed and step != self._last_step and self.schedule(step)
+        if self._scheduled and self._collector is not None:
+            try:
+                self._begin_backward(step)
+            except Exception as err:
+                self._scheduled = False
+                self._disarm()
+                self._fail(step, err)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        step = self._step
+        assert step is not None
+        self._step = None
+        try:
+            if self._backward is not None:
+                backward, self._backward = self._backward, None
+                backward.__exit__(exc_type, exc, tb)
+            self._disarm()
+            if self._scheduled and exc is None:
+                self._measure(step)
+            elif self._scheduled:
+                self._report(step, "error", f"the backward pass raised {exc!r}; no snapshot")
+        except Exception as err:
+            self._fail(step, err)
+        finally:
+            self._advance(step)
+
+    def close(self, timeout: float = 30.0) -> CloseReport:
+        """Detach from the model, deliver what is pending for up to ``timeout`` seconds.
+
+        Returns what was delivered and what is still spooled (also logged). Idempotent.
+        """
+        if self._report_close is not None:
+            return self._report_close
+        self._closed = True
+        self._disarm()
+        for handle in self._handles:
+            handle.remove()
+        atexit.unregister(self._at_exit)
+        self._report_close = self._sink.close(timeout)
+        return self._report_close
+
+    @property
+    def spool_dir(self) -> Path | None:
+        """The spool directory (``None`` until a temporary one was needed)."""
+        return self._sink.spool.directory
+
+    # -- hooks (run inside the user's forward) ------------------------------------------
+
+    def _before_forward(self, module: nn.Module, args: Any) -> None:
+        if self._armed or not torch.is_grad_enabled() or self._closed:
+            return
+        if self._next_scheduled():
+            self._arm()
+
+    def _after_loss(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._armed and isinstance(output, Tensor):
+            self._loss = output.detach()
+            first = args[0] if args else None
+            self._batch_size = int(first.shape[0]) if isinstance(first, Tensor) else 0
+
+    # -- internals --------------------------------------------------------------------
+
+    def _next_scheduled(self) -> bool:
+        if self._last_step is None:
+            return True  # the first step: unknown, so be ready
+        return bool(self.schedule(self._last_step + self._stride))
+
+    def _advance(self, step: int) -> None:
+        if self._last_step is not None and step > self._last_step:
+            self._stride = step - self._last_step
+        self._last_step = step
+        self._scheduled = False
+        self._loss = None
+        if self._ahead and not self._closed and self._next_scheduled():
+            self._arm()
+
+    def _arm(self) -> None:
+        """Prepare for a scheduled step's forward (loss capture; in-loop: BackPACK hooks)."""
+        try:
+            if self._collector is not None:
+                if _structure(self.model) != self._structure:  # layers changed since
+                    self._collector = self._checked_collector()
+                    self._structure = _structure(self.model)
+                stack = ExitStack()
+                stack.enter_context(self._collector.hooks())
+                self._hooks = stack
+            self._armed = True
+        except Exception as err:
+            self._fail(self._last_step, err)
+
+    def _disarm(self) -> None:
+        self._armed = False
+        if self._hooks is not None:
+            hooks, self._hooks = self._hooks, None
+            hooks.close()
+
+    def _checked_collector(self) -> ViViTCollector:
+        collector = ViViTCollector(self.model, self.loss_fn, self.config)
+        if collector.needs_conversion:
+            raise ConfigError(
+                f"{type(self.model).__name__}'s forward pass needs BackPACK's module converter "
+                "(it uses +, *, flatten or similar between layers), so it cannot be measured "
+                "in the training loop's own backward pass; pass monitor_batch=(X, y) to "
+                "measure on a held-out batch instead"
+            )
+        return collector
+
+    def _begin_backward(self, step: int) -> None:
+        """In-loop: turn the BackPACK extension on for the user's ``loss.backward()``."""
+        assert self._collector is not None
+        if self._hooks is None:
+            self._scheduled = False
+            self._report(
+                step,
+                "warning",
+                f"step {step} is scheduled but the probe expected step "
+                f"{(self._last_step or 0) + self._stride} next, so BackPACK's hooks were not "
+                "in place during its forward pass; no snapshot",
+            )
+            return
+        if self._loss is None:
+            raise RuntimeError(
+                "the loss module given to the probe was not called in this step's forward "
+                "pass; in-loop mode needs the loop to use that very loss instance"
+            )
+        self._loss_value = float(self._loss)
+        if not math.isfinite(self._loss_value):
+            raise NonFiniteLossError(f"the loss is {self._loss_value}; no snapshot")
+        stack = ExitStack()
+        stack.enter_context(self._collector.backward(self._batch_size))
+        self._backward = stack
+
+    def _measure(self, step: int) -> None:
+        wall_time = time.time()
+        if self._collector is not None:
+            snapshot = self._collector.snapshot(self._loss_value)
+            loss = self._loss_value
+        else:
+            assert self._monitor is not None
+            train_loss = float(self._loss) if self._loss is not None else None
+            if train_loss is not None and not math.isfinite(train_loss):
+                raise NonFiniteLossError(f"the training loss is {train_loss}; no snapshot")
+            with _untouched(self.model):
+                snapshot = compute_snapshot(self.model, self.loss_fn, *self._monitor, self.config)
+            loss = snapshot.loss if train_loss is None else train_loss
+        message = encode_snapshot(
+            snapshot,
+            run=self.run,
+            step=step,
+            config=self.config,
+            mode=self.mode,
+            loss=loss,
+            wall_time=wall_time,
+        )
+        self._submit(message)
+
+    def _fail(self, step: int | None, err: Exception) -> None:
+        """The failure policy: log and report, or raise when strict."""
+        if self.strict:
+            raise err
+        where = f"step {step}" if step is not None else "setup"
+        log.error("curvscope probe failed at %s: %r", where, err, exc_info=err)
+        self._report(step, "error", f"probe failed at {where}: {type(err).__name__}: {err}")
+
+    def _report(self, step: int | None, level: Level, text: str) -> None:
+        if level != "error":
+            log.warning("curvscope probe: %s", text)
+        try:
+            self._submit(encode_event(self.run, text, step=step, level=level))
+        except Exception:  # reporting must never be what breaks training
+            log.exception("could not report a curvscope event")
+
+    def _submit(self, message: Message) -> None:
+        self._sink.submit(message)
+
+    def _at_exit(self) -> None:
+        self.close(timeout=10.0)
+
+
+def _structure(model: nn.Module) -> tuple[tuple[int, type, bool], ...]:
+    """What the construction checks depend on: the modules and BatchNorm modes."""
+    return tuple(
+        (id(m), type(m), isinstance(m, _BatchNorm) and m.training) for m in model.modules()
+    )
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Every module in eval mode inside; each module's own mode restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextmanager
+def _untouched(model: nn.Module) -> Iterator[None]:
+    """Eval mode (BatchNorm statistics frozen) and a forked RNG (CPU and the model's GPUs)."""
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices), _eval_mode(model):
+        yield

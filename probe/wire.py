@@ -1,0 +1,129 @@
+"""Snapshots as wire messages (:mod:`curvscope.server.protocol`).
+
+The protocol module is pydantic only, so the probe shares it with the server without
+importing FastAPI. Numbers on the wire are finite: a non-finite value in a snapshot is
+refused here with a :class:`WireError` naming the field, before
+anything is queued.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Literal
+
+from torch import Tensor
+
+from curvscope.probe.config import ViViTConfig
+from curvscope.probe.errors import CurvscopeError
+from curvscope.probe.snapshot import GroupSpectrum, Snapshot
+from curvscope.server.protocol import (
+    ConfigPayload,
+    EventMessage,
+    GroupPayload,
+    SnapshotMessage,
+)
+
+__all__ = ["Mode", "WireError", "encode_event", "encode_snapshot"]
+
+Mode = Literal["in-loop", "held-out", "function"]
+"""How the snapshot's batch was chosen (the wire's ``ConfigPayload.mode``)."""
+
+
+class WireError(CurvscopeError, ValueError):
+    """A snapshot cannot travel: a non-finite number or a value the protocol refuses."""
+
+
+def _floats(values: Tensor, where: str) -> list[float]:
+    out = [float(v) for v in values.detach().double().cpu().reshape(-1).tolist()]
+    bad = next((i for i, v in enumerate(out) if not math.isfinite(v)), None)
+    if bad is not None:
+        raise WireError(f"{where}[{bad}] is {out[bad]}: numbers on the wire must be finite")
+    return out
+
+
+def _rows(matrix: Tensor, where: str) -> list[list[float]]:
+    """``[R, K]`` -> R lists of K finite floats."""
+    return [_floats(row, f"{where}[{i}]") for i, row in enumerate(matrix)]
+
+
+def _group(group: GroupSpectrum, per_sample: bool) -> GroupPayload:
+    where = f"group {group.name!r}"
+    if not math.isfinite(group.grad_norm_sq):
+        raise WireError(f"{where}: grad_norm_sq is {group.grad_norm_sq}")
+    return GroupPayload(
+        name=group.name,
+        num_params=group.num_params,
+        eigvals=_floats(group.eigvals, f"{where}: eigvals"),
+        gamma=_floats(group.gamma, f"{where}: gamma"),
+        snr_gamma=_floats(group.snr_gamma, f"{where}: snr_gamma"),
+        snr_lambda=_floats(group.snr_lambda, f"{where}: snr_lambda"),
+        grad_overlap=_floats(group.grad_overlap, f"{where}: grad_overlap"),
+        grad_norm_sq=group.grad_norm_sq,
+        gammas=_rows(group.gammas, f"{where}: gammas") if per_sample else None,
+        lambdas=_rows(group.lambdas, f"{where}: lambdas") if per_sample else None,
+    )
+
+
+def encode_snapshot(
+    snapshot: Snapshot,
+    *,
+    run: str,
+    step: int,
+    config: ViViTConfig,
+    mode: Mode,
+    loss: float | None = None,
+    wall_time: float | None = None,
+) -> SnapshotMessage:
+    """The wire message of one snapshot.
+
+    Args:
+        snapshot: what :class:`~curvscope.probe.collector.ViViTCollector` computed.
+        run, step: the message's key.
+        config: the configuration the snapshot was computed with; its ``per_sample``
+            decides whether the ``[N, K']`` / ``[N', K']`` matrices travel.
+        mode: ``"in-loop"``, ``"held-out"`` or ``"function"``.
+        loss: the training loss to report (default: the snapshot's own batch loss).
+        wall_time: seconds since the epoch (default: now).
+
+    Raises:
+        WireError: a non-finite number, or a value the protocol refuses (bad run name,
+            negative step, ...).
+    """
+    loss = snapshot.loss if loss is None else loss
+    if not math.isfinite(loss):
+        raise WireError(f"the loss is {loss}: numbers on the wire must be finite")
+    groups = [_group(g, config.per_sample) for g in snapshot.groups]
+    try:
+        return SnapshotMessage(
+            run=run,
+            step=step,
+            wall_time=time.time() if wall_time is None else wall_time,
+            loss=loss,
+            batch_size=snapshot.batch_size,
+            config=ConfigPayload(**config.to_wire(), mode=mode),
+            groups=groups,
+        )
+    except ValueError as err:  # pydantic.ValidationError is a ValueError
+        raise WireError(f"snapshot of run {run!r} at step {step} is not valid: {err}") from err
+
+
+def encode_event(
+    run: str,
+    message: str,
+    *,
+    step: int | None = None,
+    level: Literal["info", "warning", "error"] = "error",
+    wall_time: float | None = None,
+) -> EventMessage:
+    """An event of the run (an error inside the probe, a skipped snapshot, ...).
+
+    The text is cut to the protocol's 10 000 characters.
+    """
+    return EventMessage(
+        run=run,
+        step=step,
+        wall_time=time.time() if wall_time is None else wall_time,
+        level=level,
+        message=message[:10_000],
+    )

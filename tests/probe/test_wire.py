@@ -1,0 +1,92 @@
+"""Snapshots encoded as wire messages, validated by the server's own protocol module."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from curvscope.probe import ViViTConfig, compute_snapshot
+from curvscope.probe.wire import WireError, encode_event, encode_snapshot
+from curvscope.server.protocol import EventMessage, SnapshotMessage, parse_ingest_message
+
+
+def _snapshot(config: ViViTConfig):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    return compute_snapshot(model, nn.CrossEntropyLoss(), x, y, config)
+
+
+def _roundtrip(message: SnapshotMessage) -> SnapshotMessage:
+    parsed = parse_ingest_message(json.loads(message.model_dump_json()))
+    assert isinstance(parsed, SnapshotMessage)
+    return parsed
+
+
+def test_statistics_travel_without_per_sample_matrices() -> None:
+    config = ViViTConfig(param_groups="layer", top_k=2)
+    snap = _snapshot(config)
+    msg = _roundtrip(
+        encode_snapshot(snap, run="r-1", step=40, config=config, mode="in-loop", wall_time=12.5)
+    )
+    assert (msg.run, msg.step, msg.wall_time, msg.batch_size) == ("r-1", 40, 12.5, 6)
+    assert msg.loss == pytest.approx(snap.loss, rel=0, abs=0)
+    assert msg.config.mode == "in-loop" and msg.config.top_k == 2
+    assert msg.config.param_groups == "layer"
+    assert [g.name for g in msg.groups] == [g.name for g in snap.groups] == ["0", "2"]
+    for wire, group in zip(msg.groups, snap.groups, strict=True):
+        assert wire.num_params == sum(p.numel() for p in group.params)
+        assert wire.eigvals == group.eigvals.tolist()
+        assert wire.gamma == group.gammas.mean(0).tolist()
+        assert wire.snr_gamma == group.snr_gamma.tolist()
+        assert wire.snr_lambda == group.snr_lambda.tolist()
+        assert wire.grad_overlap == group.grad_overlap.tolist()
+        assert wire.grad_norm_sq == group.grad_norm_sq
+        assert len(wire.gamma) == 2 <= len(wire.eigvals)
+        assert wire.gammas is None and wire.lambdas is None
+
+
+def test_per_sample_matrices_only_when_asked() -> None:
+    config = ViViTConfig(per_sample=True, subsample=4)
+    snap = _snapshot(config)
+    msg = _roundtrip(encode_snapshot(snap, run="r", step=0, config=config, mode="held-out"))
+    group, wire = snap.groups[0], msg.groups[0]
+    assert wire.gammas == group.gammas.tolist() and len(wire.gammas) == 6
+    assert wire.lambdas == group.lambdas.tolist() and len(wire.lambdas) == 4
+    assert msg.config.subsample == [0, 1, 2, 3] and msg.config.mode == "held-out"
+
+
+def test_training_loss_replaces_the_batch_loss() -> None:
+    config = ViViTConfig()
+    msg = encode_snapshot(
+        _snapshot(config), run="r", step=3, config=config, mode="in-loop", loss=0.25
+    )
+    assert msg.loss == 0.25
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_values_are_refused(bad: float) -> None:
+    config = ViViTConfig()
+    snap = _snapshot(config)
+    with pytest.raises(WireError, match="loss"):
+        encode_snapshot(snap, run="r", step=0, config=config, mode="in-loop", loss=bad)
+    snap.groups[0].snr_lambda[0] = bad
+    with pytest.raises(WireError, match=r"snr_lambda\[0\]"):
+        encode_snapshot(snap, run="r", step=0, config=config, mode="in-loop")
+
+
+def test_invalid_key_is_a_wire_error() -> None:
+    config = ViViTConfig()
+    with pytest.raises(WireError):
+        encode_snapshot(_snapshot(config), run="no spaces", step=0, config=config, mode="in-loop")
+
+
+def test_event() -> None:
+    event = encode_event("r", "x" * 20_000, step=5, level="warning", wall_time=1.0)
+    parsed = parse_ingest_message(json.loads(event.model_dump_json()))
+    assert isinstance(parsed, EventMessage)
+    assert (parsed.step, parsed.level, len(parsed.message)) == (5, "warning", 10_000)
