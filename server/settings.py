@@ -32,7 +32,9 @@ def is_loopback_host(host: str) -> bool:
 class Settings(BaseSettings):
     """Everything the server needs to start; see ``docs/api.md`` for the meaning of each."""
 
-    model_config = SettingsConfigDict(env_prefix="CURVSCOPE_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="CURVSCOPE_", extra="forbid", env_ignore_empty=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
