@@ -80,15 +80,20 @@ class ExpandedFactor(Factor):
 class OuterProductFactor(Factor):
     """Rows of ``V`` of a weight used as ``z_t = W a_t`` (or a bias), never expanded.
 
-    Args:
-        backproped: ``[C, M, T, O]``, the GGN factor backpropagated to the layer output.
-        grad_out: ``[N, T, O]``, the gradient of the batch loss w.r.t. the layer output.
-        inputs: ``[N, T, I]``, the layer input at every position, or ``None`` for a bias.
-        subsampling: the batch indices of the M curvature samples (``None``: all N).
-        shape: the parameter's shape (``O x I`` elements, or ``O`` for a bias).
+    Grouped weights (grouped convolutions) are block-diagonal: ``W`` is ``G`` blocks of
+    ``O x I`` (``O``, ``I`` per group), block ``j`` maps input group ``j`` to output group
+    ``j``. Ungrouped layers pass tensors without the group axis (``G = 1``).
 
-    The structured products cost ``O((R·T)² (O + I))``; use :func:`prefer_structured`
-    to compare with the expanded form before building one.
+    Args:
+        backproped: ``[C, M, T, (G,) O]``, the GGN factor backpropagated to the layer output.
+        grad_out: ``[N, T, (G,) O]``, the gradient of the batch loss w.r.t. the layer output.
+        inputs: ``[N, T, (G,) I]``, the layer input at every position, or ``None`` for a bias.
+        subsampling: the batch indices of the M curvature samples (``None``: all N).
+        shape: the parameter's shape (``G·O x I`` elements, or ``G·O`` for a bias).
+
+    The structured products cost ``O(G (R·T)² (O + I))`` (:func:`prefer_structured`
+    compares them with the expanded form). Intermediates are chunked over positions so that
+    none holds more than :data:`CHUNK_ELEMENTS` entries (at least one position's worth).
     """
 
     def __init__(
@@ -99,15 +104,18 @@ class OuterProductFactor(Factor):
         subsampling: list[int] | None,
         shape: torch.Size,
     ) -> None:
+        grouped = grad_out.dim() == 4
+        if not grouped:
+            backproped, grad_out = backproped.unsqueeze(3), grad_out.unsqueeze(2)
+            inputs = None if inputs is None else inputs.unsqueeze(2)
         self.shape = shape
-        c, m, t, o = backproped.shape
-        self._s = backproped.reshape(c * m, t, o)  # [R, T, O]
-        self._g = grad_out  # [N, T, O]
-        self._a = inputs  # [N, T, I] or None
+        self._c, self._m = backproped.shape[:2]
+        self._s = backproped.flatten(end_dim=1)  # [R, T, G, O]
+        self._g = grad_out  # [N, T, G, O]
+        self._a = inputs  # [N, T, G, I] or None
         self._a_sub = (
             None if inputs is None or subsampling is None else inputs[subsampling]
-        )  # [M, T, I]
-        self._c = c
+        )  # [M, T, G, I]
 
     def _curv_inputs(self) -> Tensor | None:
         return self._a if self._a_sub is None else self._a_sub
@@ -116,59 +124,101 @@ class OuterProductFactor(Factor):
         """Repeat ``[M, ...]`` rows so that row ``c·M + m`` holds sample m's row."""
         return mat.repeat(self._c, *([1] * (mat.dim() - 1)))
 
+    def _pairs(self, left: Tensor, right: Tensor, a_left: Tensor, a_right: Tensor) -> Tensor:
+        """``out[x, y] = Σ_{g,t,u} (l_{x,t,g}·r_{y,u,g}) (a_{m(x),t,g}·b_{y',u,g})``.
+
+        ``l = left``: ``[C·M, T, G, O]`` factor columns (sample ``m(x) = x mod M``) with
+        inputs ``a = a_left`` ``[M, T, G, I]``; ``r = right``: ``[Y, T, G, O]`` with inputs
+        ``b = a_right`` ``[Y', T, G, I]``, ``Y = C'·Y'``, ``y' = y mod Y'`` (tiled like the
+        left side). Returns ``[C·M, Y]``.
+
+        Evaluation order: the input products ``a·b`` (``[M, T, Y', T]``) are contracted
+        with ``r`` first (``M·Y·T²·O``), then with ``l`` (``C·M·Y·T·O``); forming all
+        ``l·r`` products instead would cost ``C·M·Y·T²·O``, C times more. Chunked over
+        samples and positions so that no intermediate exceeds :data:`CHUNK_ELEMENTS`.
+        """
+        c, m = self._c, self._m
+        y, t, groups, o = right.shape
+        yp = a_right.shape[0]
+        cy = y // yp
+        left = left.reshape(c, m, t, groups, o)
+        right = right.reshape(cy, yp, t, groups, o)
+        out = left.new_zeros(c, m, cy, yp)
+        budget = max(1, CHUNK_ELEMENTS // max(yp * t, y * o))  # (sample, position) pairs
+        tb = min(t, budget)
+        mb = max(1, budget // tb)
+        for g in range(groups):
+            for m0 in range(0, m, mb):
+                ms = slice(m0, m0 + mb)
+                for t0 in range(0, t, tb):
+                    ts = slice(t0, t0 + tb)
+                    ab = torch.einsum("mti,nui->mtnu", a_left[ms, ts, g], a_right[:, :, g])
+                    rab = torch.einsum("mtnu,dnuo->mtodn", ab, right[:, :, :, g])
+                    out[:, ms] += torch.einsum("cmto,mtodn->cmdn", left[:, ms, ts, g], rab)
+        return out.reshape(c * m, y)
+
     def gram(self) -> Tensor:
         s, a = self._s, self._curv_inputs()
         if a is None:  # bias: v_r = Σ_t s_{r,t}
-            s_sum = s.sum(1)
+            s_sum = s.sum(1).flatten(start_dim=1)
             return s_sum @ s_sum.T
-        if s.shape[1] == 1:  # one position: (S Sᵀ) ⊙ (A Aᵀ), tiled over the factor index
-            return (s[:, 0] @ s[:, 0].T) * (a[:, 0] @ a[:, 0].T).repeat(self._c, self._c)
-        ss = torch.einsum("rto,quo->rtqu", s, s)
-        aa = torch.einsum("mti,nui->mtnu", a, a)
-        aa = aa.repeat(self._c, 1, self._c, 1)
-        return torch.einsum("rtqu,rtqu->rq", ss, aa)
+        if s.shape[1] == 1 and s.shape[2] == 1:  # (S Sᵀ) ⊙ (A Aᵀ), tiled over factors
+            s0, a0 = s[:, 0, 0], a[:, 0, 0]
+            return (s0 @ s0.T) * (a0 @ a0.T).repeat(self._c, self._c)
+        return self._pairs(s, s, a, a)
 
     def vt_grads(self) -> Tensor:
         s, g, a, a_curv = self._s, self._g, self._a, self._curv_inputs()
         if a is None or a_curv is None:
-            return s.sum(1) @ g.sum(1).T
-        if s.shape[1] == 1:
-            return (s[:, 0] @ g[:, 0].T) * self._tile(a_curv[:, 0] @ a[:, 0].T)
-        sg = torch.einsum("rto,nuo->rtnu", s, g)
-        aa = self._tile(torch.einsum("mti,nui->mtnu", a_curv, a))
-        return torch.einsum("rtnu,rtnu->rn", sg, aa)
+            return s.sum(1).flatten(start_dim=1) @ g.sum(1).flatten(start_dim=1).T
+        if s.shape[1] == 1 and s.shape[2] == 1:
+            return (s[:, 0, 0] @ g[:, 0, 0].T) * self._tile(a_curv[:, 0, 0] @ a[:, 0, 0].T)
+        return self._pairs(s, g, a_curv, a)
 
     def grad(self) -> Tensor:
         if self._a is None:
             return self._g.sum((0, 1)).reshape(self.shape)
-        return torch.einsum("nto,nti->oi", self._g, self._a).reshape(self.shape)
+        return torch.einsum("ntgo,ntgi->goi", self._g, self._a).reshape(self.shape)
 
     def lift(self, coeffs: Tensor) -> Tensor:
         s, a = self._s, self._curv_inputs()
         if a is None:
-            return torch.einsum("rk,rto->ko", coeffs, s).reshape(-1, *self.shape)
-        c, m = self._c, a.shape[0]
-        weighted = torch.einsum("rk,rto->krto", coeffs, s).reshape(-1, c, m, *s.shape[1:])
-        return torch.einsum("kcmto,mti->koi", weighted, a).reshape(-1, *self.shape)
+            return torch.einsum("rk,rtgo->kgo", coeffs, s).reshape(-1, *self.shape)
+        c, m = self._c, self._m
+        k = coeffs.shape[1]
+        # contract the factor index c first: w[k, m] = Σ_c coeffs[c·M + m, k] s[c·M + m]
+        w = torch.einsum("cmk,cmx->kmx", coeffs.reshape(c, m, k), s.reshape(c, m, -1))
+        w = w.reshape(k, m, *s.shape[1:])  # [K, M, T, G, O]
+        return torch.einsum("kmtgo,mtgi->kgoi", w, a).reshape(-1, *self.shape)
 
 
-def prefer_structured(r: int, t: int, n: int, out_dim: int, in_dim: int) -> bool:
+CHUNK_ELEMENTS = 1 << 24
+"""Largest intermediate (entries) :class:`OuterProductFactor` forms at once (64 MiB in fp32)."""
+
+
+def prefer_structured(
+    r: int, t: int, n: int, out_dim: int, in_dim: int, groups: int = 1, m: int | None = None
+) -> bool:
     """Cost model: is :class:`OuterProductFactor` cheaper than :class:`ExpandedFactor`?
 
-    Counts multiply-adds of the Gram and ``Vᵀ g`` products for one weight with ``R``
-    factor columns, ``T`` positions, ``N`` samples, ``O`` outputs and ``I`` inputs:
+    Counts multiply-adds of one weight of ``G`` blocks ``O x I`` (``P = G·O·I`` entries)
+    used at ``T`` positions, with ``R = C·M`` factor columns from ``M`` curvature samples
+    and ``N`` samples for the gradients:
 
-    - structured: ``(R·T)²·O + (M·T)²·I + (R·T)²`` for the Gram and
-      ``R·N·T²·(O + I)`` for ``Vᵀ g`` (``M <= N`` samples, bounded by ``N``);
-    - expanded: forming ``V`` (``R·T·O·I``), per-sample gradients (``N·T·O·I``), the
-      Gram (``R²·O·I``) and ``Vᵀ g`` (``R·N·O·I``).
+    - structured (per group, :meth:`OuterProductFactor._pairs`): Gram
+      ``(M·T)²·I + M·R·T²·O + R²·T·O``, ``Vᵀ g`` ``M·N·T²·(I + O) + R·N·T·O``;
+    - expanded: forming ``V`` (``R·T·P``) and the per-sample gradients (``N·T·P``), the
+      Gram (``R²·P``) and ``Vᵀ g`` (``R·N·P``).
 
-    Memory follows the same pattern (``(R·T)²`` against ``(R + N)·O·I``), so the cheaper
-    form is also the smaller one in practice.
+    The structured form wins when the positions are few relative to the weight (linear
+    layers, convolutions on small feature maps); the expanded form wins for convolutions
+    over many positions. Memory follows the same pattern, and the structured form's
+    intermediates are chunked (:data:`CHUNK_ELEMENTS`).
     """
-    rt = r * t
-    structured = (
-        rt * rt * (out_dim + 1) + (n * t) ** 2 * in_dim + r * n * t * t * (out_dim + in_dim)
-    )
-    expanded = (r * t + n * t + r * r + r * n) * out_dim * in_dim
+    m = n if m is None else m
+    tt = t * t
+    gram = m * m * tt * in_dim + m * r * tt * out_dim + r * r * t * out_dim
+    vt_grads = m * n * tt * (in_dim + out_dim) + r * n * t * out_dim
+    structured = groups * (gram + vt_grads)
+    expanded = (r * t + n * t + r * r + r * n) * groups * out_dim * in_dim
     return structured < expanded
