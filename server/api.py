@@ -50,6 +50,9 @@ class Health(BaseModel):
     schema_version: int
     store: str
     live_clients: int
+    """Browser websockets connected now."""
+    dropped_clients: int
+    """Browser websockets dropped for reading too slowly since start."""
 
 
 class RunOut(BaseModel):
@@ -122,6 +125,7 @@ async def health(request: Request) -> Health:
         schema_version=SCHEMA_VERSION,
         store=type(_store(request)).__name__,
         live_clients=hub.subscriber_count(),
+        dropped_clients=hub.dropped_total,
     )
 
 
