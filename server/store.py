@@ -238,9 +238,10 @@ class SQLiteStore(Store):
     """
 
     def __init__(self, path: str | Path) -> None:
+        if str(path) in ("", ":memory:"):
+            raise StoreError("SQLiteStore needs a file path (one connection per thread)")
         self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()

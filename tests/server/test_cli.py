@@ -88,12 +88,12 @@ def test_token_from_the_environment_satisfies_the_public_host_check(
     assert (seen["host"], seen["port"]) == ("0.0.0.0", 1)
 
 
-def test_serve_never_imports_torch() -> None:
+def test_serve_never_imports_torch(tmp_path: Path) -> None:
     code = (
         "import sys, uvicorn\n"
         "uvicorn.run = lambda *a, **k: None\n"
         "from curvscope.server.cli import main\n"
-        "assert main(['serve', '--db', ':memory:']) == 0\n"
+        f"assert main(['serve', '--db', {str(tmp_path / 'd.sqlite')!r}]) == 0\n"
         "import curvscope.server.app\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
