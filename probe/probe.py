@@ -38,6 +38,7 @@ import math
 import os
 import re
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -147,6 +148,7 @@ class Probe:
         self._scheduled = False
         # Per-step state: hooks attached for this step's forward, the loss it saw.
         self._armed = False
+        self._arm_failed = False
         self._hooks: ExitStack | None = None
         self._backward: ExitStack | None = None
         self._loss: Tensor | None = None
@@ -183,8 +185,14 @@ class Probe:
                 self._begin_backward(step)
             except Exception as err:
                 self._scheduled = False
-                self._disarm()
                 self._fail(step, err)
+        if self._hooks is not None and self._backward is None:
+            # Hooked forward, plain backward: PyTorch warns about BackPACK's full backward
+            # hook on the first layer (its input needs no gradient); nothing is wrong.
+            stack = ExitStack()
+            stack.enter_context(warnings.catch_warnings())
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            self._backward = stack
         return self
 
     def __exit__(
@@ -256,6 +264,7 @@ class Probe:
             self._stride = step - self._last_step
         self._last_step = step
         self._scheduled = False
+        self._arm_failed = False
         self._loss = None
         if self._ahead and not self._closed and self._next_scheduled():
             self._arm()
@@ -272,6 +281,7 @@ class Probe:
                 self._hooks = stack
             self._armed = True
         except Exception as err:
+            self._arm_failed = True  # reported here; the step itself is skipped quietly
             self._fail(self._last_step, err)
 
     def _disarm(self) -> None:
@@ -296,6 +306,8 @@ class Probe:
         assert self._collector is not None
         if self._hooks is None:
             self._scheduled = False
+            if self._arm_failed:
+                return
             self._report(
                 step,
                 "warning",

@@ -122,7 +122,7 @@ def open_ingest(url: str, token: str | None, timeout: float = 5.0) -> ClientConn
     """
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        return connect(
+        ws = connect(
             ingest_url(url),
             additional_headers=headers,
             open_timeout=timeout,
@@ -133,6 +133,9 @@ def open_ingest(url: str, token: str | None, timeout: float = 5.0) -> ClientConn
         raise
     except (OSError, TimeoutError, InvalidHandshake) as err:
         raise DeliveryFailed(f"cannot connect to {url}: {err}") from err
+    # The connection outlives this call (closed with ws.close()); entering it is what
+    # websockets >= 17.1 asks of connections not used in a `with` block.
+    return ws.__enter__()
 
 
 def _matches(ack: AckMessage, message: Message) -> bool:
