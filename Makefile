@@ -31,7 +31,7 @@ test: lint
 	$(PY) -m pytest
 
 demo: $(DEMO_STAMP)
-	$(VENV)/bin/curvscope demo
+	$(VENV)/bin/curvscope demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
