@@ -26,6 +26,7 @@ from curvscope.server import figures
 from curvscope.server.auth import require_read
 from curvscope.server.figures import DensityMode, Overlay, Snapshot
 from curvscope.server.protocol import MAX_RUN_NAME_LENGTH, RUN_NAME_PATTERN
+from curvscope.server.series import read_series
 from curvscope.server.settings import Settings
 from curvscope.server.store import RunSummary, Store
 
@@ -92,20 +93,27 @@ def _summary(store: Store, run: str) -> RunSummary:
 
 
 def _pick_step(
-    store: Store, run: str, series: list[Snapshot], step: int | None
+    store: Store, run: str, summary: RunSummary, steps: list[int], step: int | None
 ) -> tuple[Snapshot, list[int]]:
     """The snapshot at ``step`` (latest if ``None``) and the slider's steps."""
-    steps = [s["step"] for s in series]
-    if step is None:
-        return series[-1], steps
-    i = bisect.bisect_left(steps, step)
-    if i < len(steps) and steps[i] == step:
-        return series[i], steps
-    record = store.read_snapshot(run, step)
+    wanted = summary.last_step if step is None else step
+    record = None if wanted is None else store.read_snapshot(run, wanted)
     if record is None:
         raise _NotFound(f"run {run!r} has no snapshot at step {step}")
-    steps.insert(i, step)
+    i = bisect.bisect_left(steps, wanted)
+    if i == len(steps) or steps[i] != wanted:
+        steps = [*steps[:i], wanted, *steps[i:]]
     return record.to_dict(), steps
+
+
+def _first_latest(store: Store, run: str, summary: RunSummary) -> tuple[Snapshot, Snapshot]:
+    ends = []
+    for step in (summary.first_step, summary.last_step):
+        record = None if step is None else store.read_snapshot(run, step)
+        if record is None:
+            raise _NotFound(f"run {run!r} changed while reading it")
+        ends.append(record.to_dict())
+    return ends[0], ends[1]
 
 
 def _step_groups(
@@ -157,20 +165,21 @@ def run_view_data(
         LookupError: no such run, or no snapshot at ``step``.
     """
     summary = _summary(store, run)
-    series = [r.to_dict() for r in store.read_snapshots(run, max_points=max_points)]
+    series, total = read_series(store, run, max_points=max_points, top=top)
     data: dict[str, Any] = {
         "run": summary.to_dict(live_window_s=live_window_s),
         "step": None,
         "steps": [],
-        "downsampled": summary.snapshots > len(series),
+        "downsampled": total > len(series),
         "events": _events(store, run),
         "loss": figures.loss_figure(series, uirevision=f"{run}:loss"),
         "groups": [],
     }
     if not series:
         return data
-    current, steps = _pick_step(store, run, series, step)
-    groups = _step_groups(current, series[0], series[-1], overlay=overlay, mode=mode, run=run)
+    current, steps = _pick_step(store, run, summary, [s["step"] for s in series], step)
+    first, latest = _first_latest(store, run, summary)
+    groups = _step_groups(current, first, latest, overlay=overlay, mode=mode, run=run)
     for group in groups:
         group["figures"].update(figures.series_figures(series, group["name"], top=top, run=run))
     data.update(step=current["step"], steps=steps, groups=groups)
@@ -181,32 +190,28 @@ def _step_data(
     store: Store, run: str, step: int | None, mode: DensityMode, overlay: Overlay
 ) -> dict[str, Any]:
     summary = _summary(store, run)
-    if summary.first_step is None or summary.last_step is None:
+    if summary.last_step is None:
         return {"run": run, "step": None, "groups": []}
-    first = store.read_snapshot(run, summary.first_step)
-    latest = store.read_snapshot(run, summary.last_step)
-    current = latest if step is None else store.read_snapshot(run, step)
-    if current is None or first is None or latest is None:
-        raise _NotFound(f"run {run!r} has no snapshot at step {step}")
-    snap = current.to_dict()
-    groups = _step_groups(
-        snap, first.to_dict(), latest.to_dict(), overlay=overlay, mode=mode, run=run
-    )
-    return {"run": run, "step": snap["step"], "groups": groups}
+    current, _ = _pick_step(store, run, summary, [], step)
+    first, latest = _first_latest(store, run, summary)
+    groups = _step_groups(current, first, latest, overlay=overlay, mode=mode, run=run)
+    return {"run": run, "step": current["step"], "groups": groups}
 
 
 def _compare_data(
     store: Store, runs: Sequence[str], group: str | None, mode: DensityMode, max_points: int
 ) -> dict[str, Any]:
     series: list[tuple[str, list[Snapshot]]] = []
+    latest: list[tuple[str, Snapshot]] = []
     for run in runs:
-        _summary(store, run)
-        records = store.read_snapshots(run, max_points=max_points)
-        series.append((run, [r.to_dict() for r in records]))
+        summary = _summary(store, run)
+        light, _ = read_series(store, run, max_points=max_points, top=3)
+        series.append((run, light))
+        if light:
+            latest.append((run, _first_latest(store, run, summary)[1]))
     with_data = [(run, s) for run, s in series if s]
-    names = _groups_of(*(s[-1] for _, s in with_data))
+    names = _groups_of(*(snap for _, snap in latest))
     chosen = group if group is not None else (names[0] if names else "")
-    latest = [(run, s[-1]) for run, s in with_data]
     key = ",".join(runs)
     return {
         "runs": list(runs),
@@ -233,7 +238,7 @@ def _limit(request: Request, max_points: int) -> None:
     settings: Settings = request.app.state.settings
     if max_points > settings.max_points_limit:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            422,
             f"max_points must be at most {settings.max_points_limit}",
         )
 
@@ -297,10 +302,8 @@ async def compare_figures(
     _limit(request, max_points)
     names = [r for part in runs for r in part.split(",") if r]
     if not names or len(names) > MAX_COMPARE_RUNS:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, f"give 1 to {MAX_COMPARE_RUNS} runs"
-        )
+        raise HTTPException(422, f"give 1 to {MAX_COMPARE_RUNS} runs")
     bad = [r for r in names if len(r) > MAX_RUN_NAME_LENGTH or not _RUN_NAME.fullmatch(r)]
     if bad:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"invalid run name {bad[0]!r}")
+        raise HTTPException(422, f"invalid run name {bad[0]!r}")
     return await _respond(_compare_data, _store(request), names, group, mode, max_points)

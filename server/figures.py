@@ -19,6 +19,8 @@ Conventions:
   usable width on a log axis). ``mode="density"`` divides the counts by
   ``K · Δlog10(λ)`` (a density per decade that integrates to 1 over ``log10 λ``);
   ``mode="count"`` shows the counts.
+- Figures are built with plotly's property validation switched off (``_validate=False``):
+  it costs more than the rest of a request for K ≈ 1,000; the tests validate every figure.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ _AXIS: dict[str, Any] = {
 
 
 def _figure(title: str, uirevision: str, x: Mapping[str, Any], y: Mapping[str, Any]) -> go.Figure:
-    fig = go.Figure()
+    fig = go.Figure(_validate=False)
     fig.update_layout(
         **_LAYOUT,
         title={"text": title, "x": 0.01, "font": {"size": 14}},
@@ -197,6 +199,7 @@ def _density_trace(
         [_fmt(edges[-1]), _fmt(edges[-1]), 0]
     ]
     return go.Scatter(
+        _validate=False,
         x=list(edges),
         y=[*heights, heights[-1] if heights else 0.0],
         mode="lines",
@@ -285,6 +288,7 @@ def snr_figure(snapshot: Snapshot, group: str, *, uirevision: str = "snr") -> go
         name = label + (f" — not shown: {', '.join(left_out)}" if left_out else "")
         fig.add_trace(
             go.Scatter(
+                _validate=False,
                 x=[lam[k] for k in keep],
                 y=[snr[k] for k in keep],
                 customdata=keep,
@@ -298,6 +302,7 @@ def snr_figure(snapshot: Snapshot, group: str, *, uirevision: str = "snr") -> go
         shown += len(keep)
     fig.add_trace(
         go.Scatter(
+            _validate=False,
             x=[min(lam), max(lam)] if min(lam) > 0 else [],
             y=[1.0, 1.0] if min(lam) > 0 else [],
             mode="lines",
@@ -327,6 +332,7 @@ def gamma_figure(snapshot: Snapshot, group: str, *, uirevision: str = "gamma") -
     zero = len(gamma) - len(keep)
     fig.add_trace(
         go.Scatter(
+            _validate=False,
             x=[lam[k] for k in keep],
             y=[gamma[k] for k in keep],
             customdata=keep,
@@ -389,6 +395,7 @@ def overlap_figure(
     labels = [f"{_fmt(edges[i])}–{_fmt(edges[i + 1])}" for i in range(len(sums))]
     fig.add_trace(
         go.Bar(
+            _validate=False,
             x=labels,
             y=sums,
             customdata=counts,
@@ -401,6 +408,7 @@ def overlap_figure(
     rest = "flat space" if len(lam) == len(found["eigvals"]) else "flat space + k ≥ K'"
     fig.add_trace(
         go.Bar(
+            _validate=False,
             x=[rest],
             y=[remainder],
             marker={"color": _GREY},
@@ -435,6 +443,7 @@ def eigval_trajectories_figure(
             break
         fig.add_trace(
             go.Scatter(
+                _validate=False,
                 x=steps,
                 y=values,
                 mode="lines+markers" if len(steps) < 60 else "lines",
@@ -454,6 +463,7 @@ def loss_figure(series: Sequence[Snapshot], *, uirevision: str = "loss") -> go.F
     fig = _figure("Training loss", uirevision, {"title": {"text": "step"}}, {"title": "loss"})
     fig.add_trace(
         go.Scatter(
+            _validate=False,
             x=[s["step"] for s in series],
             y=[s["loss"] for s in series],
             mode="lines+markers" if len(series) < 60 else "lines",
@@ -512,6 +522,7 @@ def compare_trajectories_figure(
                 break
             fig.add_trace(
                 go.Scatter(
+                    _validate=False,
                     x=[p[0] for p in points],
                     y=[p[1] for p in points],
                     mode="lines",
@@ -533,6 +544,7 @@ def compare_loss_figure(
     for r, (run, series) in enumerate(runs):
         fig.add_trace(
             go.Scatter(
+                _validate=False,
                 x=[s["step"] for s in series],
                 y=[s["loss"] for s in series],
                 mode="lines",

@@ -68,11 +68,14 @@ async def index() -> Response:
 
 @router.get("/static/vendor/plotly.min.js", include_in_schema=False)
 async def plotly_js() -> FileResponse:
-    """Plotly.js as bundled with the plotly Python package."""
+    """Plotly.js as bundled with the plotly Python package (4.8 MB: browsers may cache it for
+    a day; it only changes when the plotly package is upgraded)."""
     path = _plotly_js()
     if path is None:
         raise HTTPException(404, "plotly is not installed")
-    return FileResponse(path, media_type=_MEDIA_TYPES[".js"])
+    return FileResponse(
+        path, media_type=_MEDIA_TYPES[".js"], headers={"Cache-Control": "public, max-age=86400"}
+    )
 
 
 @router.get("/static/{name}", include_in_schema=False)

@@ -46,5 +46,6 @@ async function start() {
   }
 }
 
-if (window.Plotly) start();
-else window.addEventListener("load", start, { once: true });
+// Plotly.js (4.8 MB) loads asynchronously: the page asks for its data meanwhile and draws
+// once both are there (see plotlyReady in views.js).
+start();

@@ -45,8 +45,26 @@ function ago(unixSeconds) {
   return new Date(unixSeconds * 1000).toLocaleString();
 }
 
+/** Resolves once Plotly.js (loaded with `async`) is there. */
+export function plotlyReady() {
+  if (window.Plotly) return Promise.resolve(window.Plotly);
+  return new Promise((resolve, reject) => {
+    const script = document.getElementById("plotly-js");
+    script.addEventListener("load", () => resolve(window.Plotly), { once: true });
+    script.addEventListener("error", () => reject(new Error("Plotly.js did not load")), { once: true });
+  });
+}
+
+function stepLine(step) {
+  return {
+    type: "line", x0: step, x1: step, yref: "paper", y0: 0, y1: 1,
+    line: { color: "#888", width: 1, dash: "dot" },
+  };
+}
+
 /** Plotly.react with our config: responsive, PNG (Plotly's camera) and SVG download buttons. */
-export function draw(el, figure, filename) {
+export async function draw(el, figure, filename) {
+  await plotlyReady();
   const config = {
     responsive: true,
     displaylogo: false,
@@ -65,12 +83,7 @@ export function draw(el, figure, filename) {
 
 function markStep(el, step) {
   if (!el || !el.layout || step === null || step === undefined) return;
-  window.Plotly.relayout(el, {
-    shapes: [{
-      type: "line", x0: step, x1: step, yref: "paper", y0: 0, y1: 1,
-      line: { color: "#888", width: 1, dash: "dot" },
-    }],
-  });
+  window.Plotly.relayout(el, { shapes: [stepLine(step)] });
 }
 
 function eventsBanner(events) {
@@ -235,11 +248,13 @@ export class RunView {
     this.step = data.step;
     this.renderShell(data);
     if (!data.groups.length) return;
+    // the dotted line at the shown step is part of the first drawing (no second render)
+    data.loss.layout.shapes = [stepLine(this.step)];
+    for (const group of data.groups) group.figures.eigvals.layout.shapes = [stepLine(this.step)];
     await Promise.all([
       this.drawFigures(data.groups, true),
       this.plot("loss", "run").then((el) => draw(el, data.loss, `${this.run}-loss`)),
     ]);
-    this.markStep();
     this.finish();
   }
 

@@ -1,0 +1,212 @@
+"""Figure definitions: histogram and overlap sums against plain references, points left
+out of log plots, and the shape of each figure (pure functions, no server)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from curvscope.server import figures
+from curvscope.server.protocol import SNR_UNDEFINED
+
+
+def _snapshot(step: int, group: dict) -> dict:
+    return {"run": "r", "step": step, "loss": 1.0 / (step + 1), "groups": [group]}
+
+
+def _group(eigvals, gamma=None, snr_gamma=None, snr_lambda=None, overlap=None, name="all"):
+    k_stats = len(gamma) if gamma is not None else len(eigvals)
+    return {
+        "name": name,
+        "num_params": 10,
+        "eigvals": list(eigvals),
+        "gamma": list(gamma) if gamma is not None else [1.0] * k_stats,
+        "snr_gamma": list(snr_gamma) if snr_gamma is not None else [1.0] * k_stats,
+        "snr_lambda": list(snr_lambda) if snr_lambda is not None else [1.0] * k_stats,
+        "grad_overlap": list(overlap) if overlap is not None else [0.0] * k_stats,
+        "grad_norm_sq": 1.0,
+    }
+
+
+def _reference_counts(values, edges):
+    """Obvious reference: each bin [e_i, e_{i+1}), the last one closed."""
+    counts = []
+    for i in range(len(edges) - 1):
+        last = i == len(edges) - 2
+        counts.append(
+            sum(
+                1
+                for v in values
+                if edges[i] <= v and (v < edges[i + 1] or (last and v <= edges[i + 1]))
+            )
+        )
+    return counts
+
+
+def test_log_edges_are_geometric_and_cover_the_values() -> None:
+    values = [3e-4, 0.2, 7.0, 1.5e3]
+    edges = figures.log_edges(values, 10)
+    assert len(edges) == 11
+    assert edges[0] == pytest.approx(3e-4) and edges[-1] == pytest.approx(1.5e3)
+    ratios = [edges[i + 1] / edges[i] for i in range(10)]
+    assert ratios == pytest.approx([ratios[0]] * 10)
+    assert figures.log_edges([5.0], 4)[0] < 5.0 < figures.log_edges([5.0], 4)[-1]
+
+
+def test_histogram_matches_the_reference() -> None:
+    rng = random.Random(0)
+    values = [10 ** rng.uniform(-6, 3) for _ in range(500)]
+    edges = figures.log_edges(values, 37)
+    counts = figures.histogram(values, edges)
+    # the extremes may sit a rounding error outside 10**log10(v); the reference uses exact edges
+    assert sum(counts) == len(values)
+    inner = [v for v in values if edges[0] < v < edges[-1]]
+    assert figures.histogram(inner, edges) == _reference_counts(inner, edges)
+
+
+def test_density_figure_counts_and_density_normalisation() -> None:
+    eigvals = [10 ** (-3 + 0.05 * i) for i in range(100)]
+    snap = _snapshot(0, _group(eigvals))
+    count = figures.density_figure([("now", snap)], "all", mode="count", n_bins=20)
+    (trace,) = count.data
+    assert len(trace.x) == 21 and len(trace.y) == 21
+    edges = list(trace.x)
+    edges[0], edges[-1] = edges[0] * (1 - 1e-9), edges[-1] * (1 + 1e-9)  # exact extremes
+    assert list(trace.y[:-1]) == _reference_counts(eigvals, edges)
+    assert sum(trace.y[:-1]) == 100
+    dens = figures.density_figure([("now", snap)], "all", mode="density", n_bins=20)
+    x, y = dens.data[0].x, dens.data[0].y
+    integral = sum(y[i] * (math.log10(x[i + 1]) - math.log10(x[i])) for i in range(20))
+    assert integral == pytest.approx(1.0)
+    assert dens.layout.xaxis.type == "log"
+
+
+def test_density_overlay_shares_bins_covering_every_entry() -> None:
+    a = _snapshot(0, _group([1e-4, 1e-2]))
+    b = _snapshot(5, _group([1.0, 1e3]))
+    fig = figures.density_figure([("a", a), ("b", b)], "all", mode="count", n_bins=8)
+    assert len(fig.data) == 2
+    assert list(fig.data[0].x) == list(fig.data[1].x)
+    assert [sum(t.y[:-1]) for t in fig.data] == [2, 2]
+    widened = figures.density_figure([("a", a)], "all", n_bins=8, range_values=[1e5])
+    assert widened.data[0].x[-1] == pytest.approx(1e5)
+
+
+def test_snr_figure_leaves_out_undefined_and_zero_and_says_so() -> None:
+    group = _group(
+        [8.0, 4.0, 2.0, 1.0],
+        snr_lambda=[SNR_UNDEFINED, 3.0, 0.0, 0.5],
+        snr_gamma=[2.0, 2.0, SNR_UNDEFINED, SNR_UNDEFINED],
+    )
+    fig = figures.snr_figure(_snapshot(0, group), "all")
+    lam, gam, line = fig.data
+    assert list(lam.x) == [4.0, 1.0] and list(lam.y) == [3.0, 0.5]
+    assert "1 undefined" in lam.name and "1 zero" in lam.name
+    assert list(gam.x) == [8.0, 4.0] and "2 undefined" in gam.name
+    assert list(line.y) == [1.0, 1.0] and list(line.x) == [1.0, 8.0]
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
+
+
+def test_snr_figure_says_when_nothing_can_be_shown() -> None:
+    group = _group([2.0, 1.0], snr_lambda=[SNR_UNDEFINED] * 2, snr_gamma=[SNR_UNDEFINED] * 2)
+    fig = figures.snr_figure(_snapshot(0, group), "all")
+    assert any("undefined" in a.text for a in fig.layout.annotations)
+
+
+def test_gamma_figure_uses_absolute_values_of_the_top_k_prime() -> None:
+    group = _group([9.0, 3.0, 1.0, 0.5], gamma=[-0.5, 0.0, 0.25])
+    fig = figures.gamma_figure(_snapshot(0, group), "all")
+    (trace,) = fig.data
+    assert list(trace.x) == [9.0, 1.0] and list(trace.y) == [0.5, 0.25]
+    assert "1 zero" in trace.name
+
+
+def test_overlap_bars_hand_example() -> None:
+    edges = [0.1, 1.0, 10.0, 100.0]
+    sums, counts, rest = figures.overlap_bars([100.0, 10.0, 1.0, 0.1], [0.4, 0.3, 0.1, 0.05], edges)
+    assert sums == pytest.approx([0.05, 0.1, 0.7])
+    assert counts == [1, 1, 2]
+    assert rest == pytest.approx(0.15)
+
+
+def test_overlap_figure_bars_sum_with_remainder_to_one() -> None:
+    rng = random.Random(1)
+    eigvals = sorted((10 ** rng.uniform(-3, 2) for _ in range(40)), reverse=True)
+    overlap = [rng.uniform(0, 0.02) for _ in range(30)]
+    fig = figures.overlap_figure(
+        _snapshot(0, _group(eigvals, gamma=[1.0] * 30, overlap=overlap)), "all", n_bins=6
+    )
+    bars, rest = fig.data
+    assert len(bars.y) == 6 and sum(bars.customdata) == 30
+    assert sum(bars.y) == pytest.approx(sum(overlap))
+    assert rest.y[0] == pytest.approx(1 - sum(overlap))
+    assert rest.x[0] == "flat space + k ≥ K'"  # K' = 30 < K = 40
+    full = figures.overlap_figure(_snapshot(0, _group(eigvals[:3], overlap=[0.1] * 3)), "all")
+    assert full.data[1].x[0] == "flat space"
+
+
+def test_trajectories_and_loss_have_one_point_per_snapshot() -> None:
+    series = [_snapshot(s, _group([3.0 + s, 2.0, 1.0])) for s in range(0, 50, 10)]
+    fig = figures.eigval_trajectories_figure(series, "all", top=8)
+    assert len(fig.data) == 3  # only K = 3 eigenvalues
+    assert [len(t.x) for t in fig.data] == [5, 5, 5]
+    assert list(fig.data[0].y) == [3.0, 13.0, 23.0, 33.0, 43.0]
+    assert fig.layout.yaxis.type == "log"
+    loss = figures.loss_figure(series)
+    assert list(loss.data[0].x) == [0, 10, 20, 30, 40]
+
+
+def test_comparison_figures_have_one_trace_per_run() -> None:
+    a = [_snapshot(s, _group([2.0, 1.0])) for s in range(3)]
+    b = [_snapshot(s, _group([5.0, 0.5])) for s in range(4)]
+    assert len(figures.compare_density_figure([("a", a[-1]), ("b", b[-1])], "all").data) == 2
+    traj = figures.compare_trajectories_figure([("a", a), ("b", b)], "all", top=2)
+    assert [t.name for t in traj.data] == ["a λ_1", "a λ_2", "b λ_1", "b λ_2"]
+    assert [len(t.x) for t in figures.compare_loss_figure([("a", a), ("b", b)]).data] == [3, 4]
+
+
+def test_empty_inputs_give_a_message_not_a_blank_plot() -> None:
+    empty = _snapshot(0, _group([]))
+    for fig in (
+        figures.density_figure([("now", empty)], "all"),
+        figures.snr_figure(empty, "all"),
+        figures.gamma_figure(empty, "all"),
+        figures.overlap_figure(empty, "all"),
+        figures.eigval_trajectories_figure([], "all"),
+        figures.loss_figure([]),
+    ):
+        assert fig.layout.annotations, fig.layout.title.text
+
+
+def test_figure_json_has_only_finite_numbers() -> None:
+    group = _group([4.0, 2.0, 1.0], snr_lambda=[SNR_UNDEFINED, 1.0, 2.0])
+    snap = _snapshot(3, group)
+    built = figures.step_figures(snap, "all", first=snap, latest=snap, overlay="both")
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"non-finite {token} in figure JSON")
+
+    for fig in built.values():
+        json.loads(fig.to_json(), parse_constant=refuse)
+
+
+def test_every_figure_is_valid_plotly() -> None:
+    """The figures are built unvalidated for speed; plotly's validator must accept them."""
+    import plotly.graph_objects as go
+
+    group = _group([4.0, 2.0, 1.0], gamma=[0.1, 0.2], snr_lambda=[SNR_UNDEFINED, 1.0])
+    snap = _snapshot(3, group)
+    built = [
+        *figures.step_figures(snap, "all", first=snap, latest=snap, overlay="both").values(),
+        *figures.series_figures([snap, snap], "all").values(),
+        figures.loss_figure([snap]),
+        figures.compare_density_figure([("a", snap)], "all"),
+        figures.compare_trajectories_figure([("a", [snap])], "all"),
+        figures.compare_loss_figure([("a", [snap])]),
+        figures.snr_figure(_snapshot(0, _group([])), "all"),
+    ]
+    for fig in built:
+        go.Figure(fig.to_dict())  # raises ValueError on an invalid property
