@@ -22,9 +22,7 @@ _SQLITE_LAYOUT = 1
 """The SQLite schema version whose table layout the fast path knows."""
 
 _SERIES_SQL = """
-SELECT s.step, s.payload ->> '$.loss', g.value ->> '$.name',
-       (SELECT json_group_array(e.value) FROM json_each(g.value, '$.eigvals') AS e
-        WHERE e.key < ?)
+SELECT s.step, s.payload ->> '$.loss', g.value ->> '$.name', g.value -> '$.eigvals'
 FROM snapshots AS s LEFT JOIN json_each(s.payload, '$.groups') AS g
 WHERE s.run = ? AND s.step IN (SELECT value FROM json_each(?))
 ORDER BY s.step, g.key
@@ -59,6 +57,18 @@ def read_series(
     return series, total
 
 
+def _head(array_text: str, top: int) -> list[float]:
+    """The first ``top`` numbers of a JSON array of numbers, parsing only those.
+
+    SQLite hands back the array with each number's original text, so this is exact
+    (re-encoding through SQL REAL values would round to 15 digits).
+    """
+    inner = array_text.strip()[1:-1]
+    if not inner.strip():
+        return []
+    return [float(v) for v in inner.split(",", top)[:top]]
+
+
 def _read_sqlite(
     store: SQLiteStore, run: str, max_points: int | None, top: int
 ) -> tuple[list[dict[str, Any]], int]:
@@ -72,11 +82,11 @@ def _read_sqlite(
         ]
         chosen = [steps[i] for i in downsample_indices(len(steps), max_points)]
         series: list[dict[str, Any]] = []
-        for step, loss, name, eigvals in conn.execute(_SERIES_SQL, (top, run, json.dumps(chosen))):
+        for step, loss, name, eigvals in conn.execute(_SERIES_SQL, (run, json.dumps(chosen))):
             if not series or series[-1]["step"] != step:
                 series.append({"step": step, "loss": float(loss), "groups": []})
             if name is not None:  # a snapshot without groups has one row of NULLs
-                series[-1]["groups"].append({"name": name, "eigvals": json.loads(eigvals)})
+                series[-1]["groups"].append({"name": name, "eigvals": _head(eigvals, top)})
         return series, len(steps)
     finally:
         conn.close()
