@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from curvscope.probe.compute import compute_snapshot
     from curvscope.probe.config import ViViTConfig
+    from curvscope.probe.damping import BootstrapDamping, ConstantDamping, DampingPolicy
     from curvscope.probe.errors import (
         BatchNormTrainingError,
         BatchSizeMismatchError,
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
         UnsupportedLayerError,
         UnsupportedLossError,
     )
+    from curvscope.probe.newton import damped_newton_step, newton_step
+    from curvscope.probe.optim import NewtonBatch, ViViTNewton
     from curvscope.probe.probe import Probe
     from curvscope.probe.schedules import linear, logarithmic
     from curvscope.probe.snapshot import GroupSpectrum, Snapshot
@@ -41,10 +44,14 @@ if TYPE_CHECKING:
 _EXPORTS: dict[str, str] = {
     "BatchNormTrainingError": "errors",
     "BatchSizeMismatchError": "errors",
+    "BootstrapDamping": "damping",
     "CloseReport": "transport",
     "ConfigError": "errors",
+    "ConstantDamping": "damping",
     "CurvscopeError": "errors",
+    "DampingPolicy": "damping",
     "GroupSpectrum": "snapshot",
+    "NewtonBatch": "optim",
     "NonFiniteLossError": "errors",
     "Probe": "probe",
     "Snapshot": "snapshot",
@@ -52,20 +59,27 @@ _EXPORTS: dict[str, str] = {
     "UnsupportedLayerError": "errors",
     "UnsupportedLossError": "errors",
     "ViViTConfig": "config",
+    "ViViTNewton": "optim",
     "WireError": "wire",
     "compute_snapshot": "compute",
+    "damped_newton_step": "newton",
     "linear": "schedules",
     "logarithmic": "schedules",
+    "newton_step": "newton",
 }
 """Public name -> the submodule that defines it."""
 
 __all__ = [
     "BatchNormTrainingError",
     "BatchSizeMismatchError",
+    "BootstrapDamping",
     "CloseReport",
     "ConfigError",
+    "ConstantDamping",
     "CurvscopeError",
+    "DampingPolicy",
     "GroupSpectrum",
+    "NewtonBatch",
     "NonFiniteLossError",
     "Probe",
     "Snapshot",
@@ -73,10 +87,13 @@ __all__ = [
     "UnsupportedLayerError",
     "UnsupportedLossError",
     "ViViTConfig",
+    "ViViTNewton",
     "WireError",
     "compute_snapshot",
+    "damped_newton_step",
     "linear",
     "logarithmic",
+    "newton_step",
 ]
 
 

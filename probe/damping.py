@@ -87,7 +87,9 @@ class BootstrapDamping:
         resamples: bootstrap rounds B (default 100).
         quantile: the lower quantile of the reduction that is maximised (default 0.05).
         seed: seed of the policy's own generator (``None``: the global torch RNG). The
-            generator lives on the CPU and advances with every call.
+            generator lives on the CPU and advances with every call; each call draws
+            ``randint(0, N, (..., B, N))`` for the step's ``γ``, then ``(..., B, N')`` for
+            its ``λ``, then the same two for the evaluation.
 
     Memory: one call holds ``[..., B, G, K]`` tensors (``B·G·K`` = 1e6 for ``K = 100``).
     """
@@ -128,8 +130,12 @@ class BootstrapDamping:
         lam_step = self._resampled_mean(lambdas)[..., None, :]
         gam_eval = self._resampled_mean(gammas)[..., None, :]
         lam_eval = self._resampled_mean(lambdas)[..., None, :]
-        step = -gam_step / (lam_step + grid)  # [..., B, G, K]
-        bound = _lower_quantile(predicted_reduction(step, gam_eval, lam_eval), self.quantile)
+        # s = −γ* u with u = 1/(λ* + δ), so R = −s γ** − ½ s² λ** = u (a − b u) with
+        # a = γ* γ**, b = ½ γ*² λ**: few passes over the [..., B, G, K] tensors
+        inv = (lam_step + grid).reciprocal_()  # [..., B, G, K]
+        a, b = gam_step * gam_eval, 0.5 * gam_step.square() * lam_eval
+        reduction = (b * inv).neg_().add_(a).mul_(inv)
+        bound = _lower_quantile(reduction, self.quantile)
         bound = torch.where(bound.isnan(), -math.inf, bound)  # [..., G, K]
         best = torch.where(bound >= 0, bound, -math.inf).argmax(dim=-2)  # first on ties
         delta = grid[:, 0][best]
@@ -162,10 +168,12 @@ def _lower_quantile(values: Tensor, q: float) -> Tensor:
 
     Same definition as ``torch.quantile`` (which refuses inputs above 2**24 elements).
     """
-    ordered = values.sort(dim=-3).values
-    pos = q * (values.shape[-3] - 1)
+    count = values.shape[-3]
+    pos = q * (count - 1)
     lo = math.floor(pos)
     frac = pos - lo
-    hi = min(lo + 1, values.shape[-3] - 1)
+    hi = min(lo + 1, count - 1)
+    # the hi + 1 smallest values suffice (much cheaper than a full sort for small q)
+    ordered = values.topk(hi + 1, dim=-3, largest=False, sorted=True).values
     low = ordered.select(-3, lo)
     return low + frac * (ordered.select(-3, hi) - low)

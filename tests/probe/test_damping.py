@@ -102,3 +102,45 @@ def test_curvature_samples_may_differ_in_number() -> None:
     assert delta.shape == (2,)
     with pytest.raises(ValueError, match="directions"):
         BootstrapDamping()(gammas, torch.ones(4, 3, dtype=torch.float64))
+
+
+def _slow_bootstrap(gammas, lambdas, grid, resamples, q, seed):
+    """Loop-by-loop reference; draws its resamples in the policy's documented order."""
+    gen = torch.Generator().manual_seed(seed)
+    n, m = gammas.shape[0], lambdas.shape[0]
+    draws = [torch.randint(0, size, (resamples, size), generator=gen) for size in (n, m, n, m)]
+    deltas = []
+    for k in range(gammas.shape[1]):
+        bounds = []
+        for delta in grid.tolist():
+            rs = []
+            for b in range(resamples):
+                g_step, l_step, g_eval, l_eval = (
+                    samples[idx[b], k].mean()
+                    for samples, idx in zip((gammas, lambdas, gammas, lambdas), draws, strict=True)
+                )
+                step = -g_step / (l_step + delta)
+                rs.append(predicted_reduction(step, g_eval, l_eval))
+            bounds.append(float(torch.quantile(torch.stack(rs), q)))
+        ok = [(bound, i) for i, bound in enumerate(bounds) if bound >= 0]
+        deltas.append(grid[max(ok, key=lambda t: (t[0], -t[1]))[1]] if ok else math.inf)
+    return torch.tensor(deltas, dtype=torch.float64)
+
+
+def test_vectorised_bootstrap_matches_a_loop_reference() -> None:
+    n, m = 12, 7
+    # two directions with an interior optimum, one with pure gradient noise (no step)
+    gammas = torch.stack(
+        [_samples(1.0, 0.3, n, 12), _samples(1.0, 0.5, n, 13), _samples(0.0, 1.0, n, 16)], dim=1
+    )
+    lambdas = torch.stack(
+        [_samples(2.0, 0.5, m, 14), _samples(1.0, 2.0, m, 15), _samples(1.0, 0.1, m, 17)], dim=1
+    )
+    grid = torch.logspace(-2, 1, 9, dtype=torch.float64)
+    ours = BootstrapDamping(grid=grid, resamples=30, quantile=0.1, seed=7)(gammas, lambdas)
+    ref = _slow_bootstrap(gammas, lambdas, grid, 30, 0.1, seed=7)
+    assert ref.isinf().tolist() == [False, False, True]
+    assert float(ref[0]) > float(grid[0]) and float(ref[1]) > float(grid[0])
+    assert torch.equal(ours.isinf(), ref.isinf())
+    finite = ~ref.isinf()
+    assert torch.allclose(ours[finite], ref[finite], rtol=0, atol=0)
