@@ -77,7 +77,6 @@ COLORS = (
 
 _GREY = "#9a9a9a"
 _LAYOUT: dict[str, Any] = {
-    "template": "none",
     "font": {"family": "system-ui, -apple-system, Segoe UI, sans-serif", "size": 12},
     "margin": {"l": 64, "r": 16, "t": 44, "b": 52},
     "hovermode": "closest",

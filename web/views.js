@@ -62,23 +62,29 @@ function stepLine(step) {
   };
 }
 
-/** Plotly.react with our config: responsive, PNG (Plotly's camera) and SVG download buttons. */
+/**
+ * Plotly.react with our config: responsive, PNG (Plotly's camera) and SVG download buttons.
+ * The config object is made once per plot: a new one would make Plotly.react redraw from
+ * scratch and forget the user's zoom (uirevision).
+ */
 export async function draw(el, figure, filename) {
   await plotlyReady();
-  const config = {
-    responsive: true,
-    displaylogo: false,
-    toImageButtonOptions: { format: "png", filename, scale: 2 },
-    modeBarButtonsToAdd: [
-      {
-        name: "downloadSvg",
-        title: "Download plot as SVG",
-        icon: window.Plotly.Icons.disk,
-        click: (gd) => window.Plotly.downloadImage(gd, { format: "svg", filename }),
-      },
-    ],
-  };
-  return window.Plotly.react(el, figure.data, figure.layout, config);
+  if (!el.curvscopeConfig) {
+    el.curvscopeConfig = {
+      responsive: true,
+      displaylogo: false,
+      toImageButtonOptions: { format: "png", filename, scale: 2 },
+      modeBarButtonsToAdd: [
+        {
+          name: "downloadSvg",
+          title: "Download plot as SVG",
+          icon: window.Plotly.Icons.disk,
+          click: (gd) => window.Plotly.downloadImage(gd, { format: "svg", filename }),
+        },
+      ],
+    };
+  }
+  return window.Plotly.react(el, figure.data, figure.layout, el.curvscopeConfig);
 }
 
 function markStep(el, step) {
@@ -389,7 +395,7 @@ export class RunView {
     const jobs = [];
     for (const group of groups) {
       for (const [name, figure] of Object.entries(group.figures)) {
-        jobs.push(this.plot(name, group.name).then((el) => draw(el, figure, `${this.run}-${group.name}-${name}-step${this.step}`)));
+        jobs.push(this.plot(name, group.name).then((el) => draw(el, figure, `${this.run}-${group.name}-${name}`)));
       }
       const section = this.body.querySelector(`section[data-group="${CSS.escape(group.name)}"]`);
       if (section && all) {
