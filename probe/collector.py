@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from backpack import backpack
@@ -116,7 +116,7 @@ class ViViTCollector:
         """Whether the forward pass must run through BackPACK's converted module."""
         return self.module is not self.model
 
-    def hooks(self) -> contextmanager:
+    def hooks(self) -> AbstractContextManager[None]:
         """BackPACK's IO and backward hooks on the model and the loss, removed on exit."""
         return attach_hooks(self.module, self.loss_fn)
 

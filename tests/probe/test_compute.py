@@ -12,7 +12,11 @@ from curvscope.probe.statistics import SNR_UNDEFINED
 from tests.probe.reference import DenseViViT, dense_vivit, reference_snr
 from tests.probe.settings import SETTINGS, Setting
 
-RTOL = 1e-10  # relative to the largest value of the compared quantity
+# Errors relative to each quantity's natural scale (λ_max for eigenvalues and λ_nk, N·‖g_n‖
+# for γ_nk). Measured worst cases over SETTINGS: 1e-15 for eigenvalues and λ_nk, 1e-13 for
+# γ_nk (e_k = V ẽ_k / √λ_k amplifies round-off along small eigenvalues); bounds keep 100x.
+RTOL = 1e-13
+RTOL_GAMMA = 1e-11
 
 
 def _build(setting: Setting, seed: int = 0):
@@ -29,10 +33,12 @@ def _build(setting: Setting, seed: int = 0):
     return model, x, y, config
 
 
-def _close(ours: torch.Tensor, ref: torch.Tensor, scale: float | None = None) -> None:
+def _close(
+    ours: torch.Tensor, ref: torch.Tensor, scale: float | None = None, rtol: float = RTOL
+) -> None:
     scale = float(ref.abs().max()) if scale is None else scale
     err = float((ours - ref).abs().max()) if ref.numel() else 0.0
-    assert err <= RTOL * max(scale, 1e-300), f"max error {err:.3e} vs scale {scale:.3e}"
+    assert err <= rtol * max(scale, 1e-300), f"max error {err:.3e} vs scale {scale:.3e}"
 
 
 def _separated(eigvals: torch.Tensor, k: int) -> bool:
@@ -64,12 +70,12 @@ def _check_group(group, ref: DenseViViT, n: int, m: int) -> None:
         gam_ref = n * ref.grads @ e
         lam_ref = m * torch.einsum("i,nij,j->n", e, ref.ggn_per_sample, e)
         sign = 1.0 if float(group.gammas[:, j] @ gam_ref) >= 0 else -1.0
-        _close(sign * group.gammas[:, j], gam_ref, gamma_scale)
+        _close(sign * group.gammas[:, j], gam_ref, gamma_scale, RTOL_GAMMA)
         _close(group.lambdas[:, j], lam_ref, m * lam_max)
         _close(group.lambdas[:, j].mean(), ref.eigvals[j], lam_max)
-        _close(group.gammas[:, j].mean() * sign, e @ ref.grad, gamma_scale)
+        _close(group.gammas[:, j].mean() * sign, e @ ref.grad, gamma_scale, RTOL_GAMMA)
         overlap_ref = (e @ ref.grad) ** 2 / ref.grad.square().sum()
-        _close(group.grad_overlap[j], overlap_ref, 1.0)
+        _close(group.grad_overlap[j], overlap_ref, 1.0, RTOL_GAMMA)
         for ours, samples in ((group.snr_gamma[j], gam_ref), (group.snr_lambda[j], lam_ref)):
             expected = reference_snr(samples[:, None])[0]
             assert ours != SNR_UNDEFINED
