@@ -77,6 +77,9 @@ COLORS = (
 
 _GREY = "#9a9a9a"
 _LAYOUT: dict[str, Any] = {
+    # No template: the styling is ours, and plotly.py would otherwise embed its 7 kB default
+    # in every figure. (Plotly.js treats the name "none" as no template.)
+    "template": "none",
     "font": {"family": "system-ui, -apple-system, Segoe UI, sans-serif", "size": 12},
     "margin": {"l": 64, "r": 16, "t": 44, "b": 52},
     "hovermode": "closest",
