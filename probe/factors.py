@@ -65,7 +65,7 @@ class ExpandedFactor(Factor):
         self._g = grad_batch.flatten(start_dim=1)  # [N, P]
 
     def gram(self) -> Tensor:
-        return self._v @ self._v.T
+        return symmetric_gram(self._v)
 
     def vt_grads(self) -> Tensor:
         return self._v @ self._g.T
@@ -75,6 +75,25 @@ class ExpandedFactor(Factor):
 
     def lift(self, coeffs: Tensor) -> Tensor:
         return (coeffs.T @ self._v).reshape(-1, *self.shape)
+
+
+def symmetric_gram(v: Tensor) -> Tensor:
+    """``v @ v.T`` for ``v`` ``[R, P]``, forming only the blocks on and above the diagonal.
+
+    With ``B`` row blocks this costs ``(B + 1) / (2B)`` of the plain product (5/8 for the
+    ``B = 4`` used from ``R >= 256`` on); the lower blocks are mirrored.
+    """
+    r = v.shape[0]
+    blocks = 4 if r >= 256 else 1
+    if blocks == 1:
+        return v @ v.T
+    out = v.new_empty(r, r)
+    b = -(-r // blocks)
+    for i in range(0, r, b):
+        block = v[i : i + b] @ v[i:].T  # rows i..i+b, columns i..R
+        out[i : i + b, i:] = block
+        out[i + b :, i : i + b] = block[:, b:].T
+    return out
 
 
 class OuterProductFactor(Factor):
@@ -132,30 +151,36 @@ class OuterProductFactor(Factor):
         ``b = a_right`` ``[Y', T, G, I]``, ``Y = C'·Y'``, ``y' = y mod Y'`` (tiled like the
         left side). Returns ``[C·M, Y]``.
 
-        Evaluation order: the input products ``a·b`` (``[M, T, Y', T]``) are contracted
-        with ``r`` first (``M·Y·T²·O``), then with ``l`` (``C·M·Y·T·O``); forming all
-        ``l·r`` products instead would cost ``C·M·Y·T²·O``, C times more. Chunked over
-        samples and positions so that no intermediate exceeds :data:`CHUNK_ELEMENTS`.
+        Evaluation order: the input products ``a·b`` (``[Y', M, T, T]``) are contracted
+        with ``r`` first (``M·Y·T²·O``, a batched product over ``y'``), then with ``l``
+        (``C·M·Y·T·O``, batched over ``m``); forming all ``l·r`` products instead would cost
+        ``C·M·Y·T²·O``, C times more. Chunked over samples and positions so that no
+        intermediate exceeds :data:`CHUNK_ELEMENTS` (at least one position's worth).
         """
         c, m = self._c, self._m
         y, t, groups, o = right.shape
         yp = a_right.shape[0]
         cy = y // yp
         left = left.reshape(c, m, t, groups, o)
-        right = right.reshape(cy, yp, t, groups, o)
-        out = left.new_zeros(c, m, cy, yp)
+        out = left.new_zeros(m, c, yp, cy)  # out[m, c, n, d] = result[c·M + m, d·Y' + n]
         budget = max(1, CHUNK_ELEMENTS // max(yp * t, y * o))  # (sample, position) pairs
         tb = min(t, budget)
         mb = max(1, budget // tb)
         for g in range(groups):
+            # r[n, u, (o, d)]: right's columns of sample n, position u
+            r_g = right[:, :, g].reshape(cy, yp, t, o).permute(1, 2, 3, 0).reshape(yp, t, o * cy)
             for m0 in range(0, m, mb):
                 ms = slice(m0, m0 + mb)
                 for t0 in range(0, t, tb):
                     ts = slice(t0, t0 + tb)
-                    ab = torch.einsum("mti,nui->mtnu", a_left[ms, ts, g], a_right[:, :, g])
-                    rab = torch.einsum("mtnu,dnuo->mtodn", ab, right[:, :, :, g])
-                    out[:, ms] += torch.einsum("cmto,mtodn->cmdn", left[:, ms, ts, g], rab)
-        return out.reshape(c * m, y)
+                    ab = torch.einsum("mti,nui->nmtu", a_left[ms, ts, g], a_right[:, :, g])
+                    mm, tt = ab.shape[1], ab.shape[2]
+                    # p[n, (m, t), (o, d)] = Σ_u ab[n, m, t, u] r[n, u, (o, d)]
+                    p = torch.bmm(ab.reshape(yp, mm * tt, t), r_g)
+                    p = p.reshape(yp, mm, tt * o, cy).permute(1, 2, 0, 3).reshape(mm, tt * o, y)
+                    lft = left[:, ms, ts, g].permute(1, 0, 2, 3).reshape(mm, c, tt * o)
+                    out[ms] += torch.bmm(lft, p).reshape(mm, c, yp, cy)
+        return out.permute(1, 0, 3, 2).reshape(c * m, y)
 
     def gram(self) -> Tensor:
         s, a = self._s, self._curv_inputs()
@@ -208,17 +233,36 @@ def prefer_structured(
     - structured (per group, :meth:`OuterProductFactor._pairs`): Gram
       ``(M·T)²·I + M·R·T²·O + R²·T·O``, ``Vᵀ g`` ``M·N·T²·(I + O) + R·N·T·O``;
     - expanded: forming ``V`` (``R·T·P``) and the per-sample gradients (``N·T·P``), the
-      Gram (``R²·P``) and ``Vᵀ g`` (``R·N·P``).
+      Gram (``R²·P``, :func:`symmetric_gram` does 5/8 of it) and ``Vᵀ g`` (``R·N·P``).
+
+    Multiply-adds alone favour the structured form too often: its batched products have
+    short inner dimensions (``T`` or ``O``) and its intermediates (``M·T·O·(R + N)`` entries
+    per group, written, permuted and read) are streamed through memory, while the expanded
+    form's Gram is one long, compute-bound product. So each entry streamed (about three
+    passes over each intermediate, ``V`` and the per-sample gradients for the expanded
+    form) is charged :data:`MOVE_COST` multiply-adds. On 3c3d (N = 64) this keeps the
+    three convolutions expanded (the 6x6 one measured 6.8 s structured against 4.1 s
+    expanded, although it needs 3x fewer multiply-adds) and the linear layers structured.
 
     The structured form wins when the positions are few relative to the weight (linear
     layers, convolutions on small feature maps); the expanded form wins for convolutions
-    over many positions. Memory follows the same pattern, and the structured form's
-    intermediates are chunked (:data:`CHUNK_ELEMENTS`).
+    over many positions. The structured form's intermediates are chunked
+    (:data:`CHUNK_ELEMENTS`), so either form's memory stays bounded by ``V``'s size.
     """
     m = n if m is None else m
     tt = t * t
+    params = groups * out_dim * in_dim
     gram = m * m * tt * in_dim + m * r * tt * out_dim + r * r * t * out_dim
     vt_grads = m * n * tt * (in_dim + out_dim) + r * n * t * out_dim
-    structured = groups * (gram + vt_grads)
-    expanded = (r * t + n * t + r * r + r * n) * groups * out_dim * in_dim
+    streamed = 3 * m * t * (out_dim * (r + n) + t * (m + n))
+    structured = groups * (gram + vt_grads + MOVE_COST * streamed)
+    expanded = (r * t + n * t + (5 * r * r) // 8 + r * n) * params
+    expanded += MOVE_COST * 3 * (r + n) * params
     return structured < expanded
+
+
+MOVE_COST = 250
+"""Multiply-adds charged per tensor entry streamed through memory (:func:`prefer_structured`).
+
+Calibrated on the 2-core AVX2 benchmark machine: long float32 GEMMs run at ~25 GFLOP/s,
+permuting copies and short-inner-dimension batched products at ~0.1 G entries/s."""
