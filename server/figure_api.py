@@ -13,7 +13,6 @@ always kept), so a run of 1,000 snapshots loads as fast as one of 200.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import json
 import re
 from collections.abc import Sequence
@@ -26,9 +25,8 @@ from curvscope.server import figures
 from curvscope.server.auth import require_read
 from curvscope.server.figures import DensityMode, Overlay, Snapshot
 from curvscope.server.protocol import MAX_RUN_NAME_LENGTH, RUN_NAME_PATTERN
-from curvscope.server.series import read_series
 from curvscope.server.settings import Settings
-from curvscope.server.store import RunSummary, Store
+from curvscope.server.store import LightSnapshot, RunSummary, Store, downsample_indices
 
 __all__ = ["DEFAULT_MAX_POINTS", "router", "run_view_data"]
 
@@ -92,39 +90,42 @@ def _summary(store: Store, run: str) -> RunSummary:
     return summary
 
 
-def _pick_step(
-    store: Store, run: str, summary: RunSummary, steps: list[int], step: int | None
-) -> tuple[Snapshot, list[int]]:
-    """The snapshot at ``step`` (latest if ``None``) and the slider's steps."""
-    wanted = summary.last_step if step is None else step
-    record = None if wanted is None else store.read_snapshot(run, wanted)
-    if record is None:
-        raise _NotFound(f"run {run!r} has no snapshot at step {step}")
-    i = bisect.bisect_left(steps, wanted)
-    if i == len(steps) or steps[i] != wanted:
-        steps = [*steps[:i], wanted, *steps[i:]]
-    return record.to_dict(), steps
+def _light_series(
+    store: Store, run: str, steps: Sequence[int], max_points: int, top: int
+) -> list[LightSnapshot]:
+    """The series for the plots over steps: at most ``max_points`` of ``steps`` (the first
+    and latest kept, :func:`~curvscope.server.store.downsample_indices`)."""
+    chosen = [steps[i] for i in downsample_indices(len(steps), max_points)]
+    return store.read_light_series(run, chosen, top)
 
 
-def _first_latest(store: Store, run: str, summary: RunSummary) -> tuple[Snapshot, Snapshot]:
-    ends = []
-    for step in (summary.first_step, summary.last_step):
-        record = None if step is None else store.read_snapshot(run, step)
-        if record is None:
-            raise _NotFound(f"run {run!r} changed while reading it")
-        ends.append(record.to_dict())
-    return ends[0], ends[1]
+def _step_snapshots(
+    store: Store, run: str, steps: list[int], step: int | None
+) -> tuple[Snapshot, Snapshot, Snapshot]:
+    """The snapshots at ``step`` (latest if ``None``), at the first and at the latest of
+    ``steps`` (each read once)."""
+    wanted = steps[-1] if step is None else step
+    read: dict[int, Snapshot] = {}
+    for at in (wanted, steps[0], steps[-1]):
+        if at not in read:
+            record = store.read_snapshot(run, at)
+            if record is None:
+                raise _NotFound(f"run {run!r} has no snapshot at step {at}")
+            read[at] = record.to_dict()
+    return read[wanted], read[steps[0]], read[steps[-1]]
 
 
 def _step_groups(
-    current: Snapshot,
-    first: Snapshot | None,
-    latest: Snapshot | None,
+    store: Store,
+    run: str,
+    steps: list[int],
+    step: int | None,
     *,
     overlay: Overlay,
     mode: DensityMode,
-    run: str,
-) -> list[dict[str, Any]]:
+) -> tuple[int, list[dict[str, Any]]]:
+    """The shown step and, per group, its per-step figures and facts."""
+    current, first, latest = _step_snapshots(store, run, steps, step)
     out = []
     for name in _groups_of(current, latest):
         group = figures.find_group(current, name) or {}
@@ -140,7 +141,7 @@ def _step_groups(
                 ),
             }
         )
-    return out
+    return current["step"], out
 
 
 def run_view_data(
@@ -156,59 +157,62 @@ def run_view_data(
 ) -> dict[str, Any]:
     """Everything the run view (and the report) shows, with figures as ``go.Figure``.
 
-    Keys: ``run`` (summary), ``step``, ``steps`` (the down-sampled steps, for the slider),
-    ``downsampled``, ``events`` (errors and warnings), ``loss`` (figure), ``groups`` (per
-    group: ``name, num_params, k, k_stats, grad_norm_sq`` and ``figures`` with ``density,
-    snr, gamma, overlap, eigvals``).
+    Keys: ``run`` (summary), ``step``, ``steps`` (every stored step, for the slider),
+    ``series_points`` (snapshots in the plots over steps), ``downsampled`` (fewer than all),
+    ``events`` (errors and warnings), ``loss`` (figure), ``groups`` (per group: ``name,
+    num_params, k, k_stats, grad_norm_sq`` and ``figures`` with ``density, snr, gamma,
+    overlap, eigvals``).
 
     Raises:
         LookupError: no such run, or no snapshot at ``step``.
     """
     summary = _summary(store, run)
-    series, total = read_series(store, run, max_points=max_points, top=top)
+    steps = store.list_steps(run)
+    series = _light_series(store, run, steps, max_points, top)
     data: dict[str, Any] = {
         "run": summary.to_dict(live_window_s=live_window_s),
         "step": None,
-        "steps": [],
-        "downsampled": total > len(series),
+        "steps": steps,
+        "series_points": len(series),
+        "downsampled": len(steps) > len(series),
         "events": _events(store, run),
         "loss": figures.loss_figure(series, uirevision=f"{run}:loss"),
         "groups": [],
     }
-    if not series:
+    if not steps:
         return data
-    current, steps = _pick_step(store, run, summary, [s["step"] for s in series], step)
-    first, latest = _first_latest(store, run, summary)
-    groups = _step_groups(current, first, latest, overlay=overlay, mode=mode, run=run)
+    shown, groups = _step_groups(store, run, steps, step, overlay=overlay, mode=mode)
     for group in groups:
         group["figures"].update(figures.series_figures(series, group["name"], top=top, run=run))
-    data.update(step=current["step"], steps=steps, groups=groups)
+    data.update(step=shown, groups=groups)
     return data
 
 
 def _step_data(
     store: Store, run: str, step: int | None, mode: DensityMode, overlay: Overlay
 ) -> dict[str, Any]:
-    summary = _summary(store, run)
-    if summary.last_step is None:
+    steps = store.list_steps(run)
+    if not steps:
+        _summary(store, run)  # 404 for an unknown run; a run with events only has no step
         return {"run": run, "step": None, "groups": []}
-    current, _ = _pick_step(store, run, summary, [], step)
-    first, latest = _first_latest(store, run, summary)
-    groups = _step_groups(current, first, latest, overlay=overlay, mode=mode, run=run)
-    return {"run": run, "step": current["step"], "groups": groups}
+    shown, groups = _step_groups(store, run, steps, step, overlay=overlay, mode=mode)
+    return {"run": run, "step": shown, "groups": groups}
 
 
 def _compare_data(
     store: Store, runs: Sequence[str], group: str | None, mode: DensityMode, max_points: int
 ) -> dict[str, Any]:
-    series: list[tuple[str, list[Snapshot]]] = []
+    series: list[tuple[str, list[LightSnapshot]]] = []
     latest: list[tuple[str, Snapshot]] = []
     for run in runs:
-        summary = _summary(store, run)
-        light, _ = read_series(store, run, max_points=max_points, top=3)
+        steps = store.list_steps(run)
+        if not steps:
+            _summary(store, run)  # 404 for an unknown run
+        light = _light_series(store, run, steps, max_points, top=3)
         series.append((run, light))
-        if light:
-            latest.append((run, _first_latest(store, run, summary)[1]))
+        record = store.read_snapshot(run, steps[-1]) if steps else None
+        if record is not None:
+            latest.append((run, record.to_dict()))
     with_data = [(run, s) for run, s in series if s]
     names = _groups_of(*(snap for _, snap in latest))
     chosen = group if group is not None else (names[0] if names else "")

@@ -69,7 +69,7 @@ def render_report(store: Store, run: str, *, max_points: int = 500, overlay: str
     )
     summary = data["run"]
     downsampled = (
-        f"; plots over steps down-sampled to {len(data['steps'])}" if data["downsampled"] else ""
+        f"; plots over steps down-sampled to {data['series_points']}" if data["downsampled"] else ""
     )
     body: list[str] = [f"<h1>curvscope report: {html.escape(run)}</h1>"]
     body.append(

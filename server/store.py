@@ -17,7 +17,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,14 @@ from curvscope.server.protocol import EventMessage, SnapshotMessage
 
 __all__ = [
     "EventRecord",
+    "LightSnapshot",
     "RunSummary",
     "SQLiteStore",
     "SnapshotRecord",
     "Store",
     "StoreError",
     "downsample_indices",
+    "light_snapshot",
 ]
 
 
@@ -113,6 +115,20 @@ class EventRecord:
         }
 
 
+LightSnapshot = dict[str, Any]
+"""Step, loss and the top eigenvalues of one snapshot, for the plots over steps:
+``{"step": int, "loss": float, "groups": [{"name": str, "eigvals": [<= top floats]}]}``."""
+
+
+def light_snapshot(snapshot: dict[str, Any], top: int) -> LightSnapshot:
+    """The light form of a snapshot in its REST JSON shape (see :data:`LightSnapshot`)."""
+    return {
+        "step": snapshot["step"],
+        "loss": snapshot["loss"],
+        "groups": [{"name": g["name"], "eigvals": g["eigvals"][:top]} for g in snapshot["groups"]],
+    }
+
+
 def snapshot_payload_json(message: SnapshotMessage) -> str:
     """The stored JSON of a snapshot message (no ``type``, no ``schema_version``)."""
     return message.model_dump_json(exclude={"type", "schema_version"})
@@ -168,6 +184,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def read_snapshot(self, run: str, step: int) -> SnapshotRecord | None:
         """One snapshot by key."""
+
+    @abc.abstractmethod
+    def list_steps(self, run: str) -> list[int]:
+        """Every stored step of ``run`` in ascending order (empty for an unknown run)."""
+
+    def read_light_series(self, run: str, steps: Sequence[int], top: int) -> list[LightSnapshot]:
+        """:data:`LightSnapshot` entries of the stored snapshots at ``steps``, in step order.
+
+        A stored snapshot of K = 1,000 directions is ~100 kB of JSON, of which the plots
+        over steps need a few numbers; this default decodes each snapshot, and a backend
+        should override it to extract the numbers inside the database (as
+        :class:`SQLiteStore` does). Steps with no snapshot are skipped.
+        """
+        records = (self.read_snapshot(run, step) for step in sorted(set(steps)))
+        return [light_snapshot(r.to_dict(), top) for r in records if r is not None]
 
     @abc.abstractmethod
     def iter_snapshots(self, run: str) -> Iterator[SnapshotRecord]:
@@ -229,6 +260,25 @@ SELECT r.name, r.updated_at,
        (SELECT COUNT(*) FROM events e WHERE e.run = r.name AND e.level = 'error')
 FROM runs r
 """
+
+_LIGHT_SERIES_SQL = """
+SELECT s.step, s.payload ->> '$.loss', g.value ->> '$.name', g.value -> '$.eigvals'
+FROM snapshots AS s LEFT JOIN json_each(s.payload, '$.groups') AS g
+WHERE s.run = ? AND s.step IN (SELECT value FROM json_each(?))
+ORDER BY s.step, g.key
+"""
+
+
+def _json_head(array_text: str, top: int) -> list[float]:
+    """The first ``top`` numbers of a JSON array of numbers, parsing only those.
+
+    SQLite hands back the array with each number's original text, so this is exact
+    (re-encoding through SQL REAL values would round to 15 digits).
+    """
+    inner = array_text.strip()[1:-1]
+    if not inner.strip():
+        return []
+    return [float(v) for v in inner.split(",", top)[:top]]
 
 
 class SQLiteStore(Store):
@@ -377,6 +427,18 @@ class SQLiteStore(Store):
         row = self._conn().execute(_SUMMARY_SQL + " WHERE r.name = ?", (run,)).fetchone()
         return None if row is None else self._summary(row)
 
+    def _steps(self, run: str, start: int | None = None, end: int | None = None) -> list[int]:
+        lo = -1 if start is None else start
+        hi = 2**63 - 1 if end is None else end
+        rows = self._conn().execute(
+            "SELECT step FROM snapshots WHERE run = ? AND step BETWEEN ? AND ? ORDER BY step",
+            (run, lo, hi),
+        )
+        return [row[0] for row in rows]
+
+    def list_steps(self, run: str) -> list[int]:
+        return self._steps(run)
+
     def read_snapshots(
         self,
         run: str,
@@ -384,20 +446,11 @@ class SQLiteStore(Store):
         end: int | None = None,
         max_points: int | None = None,
     ) -> list[SnapshotRecord]:
-        conn = self._conn()
-        lo = -1 if start is None else start
-        hi = 2**63 - 1 if end is None else end
-        steps = [
-            row[0]
-            for row in conn.execute(
-                "SELECT step FROM snapshots WHERE run = ? AND step BETWEEN ? AND ? ORDER BY step",
-                (run, lo, hi),
-            )
-        ]
+        steps = self._steps(run, start, end)
         chosen = [steps[i] for i in downsample_indices(len(steps), max_points)]
         if not chosen:
             return []
-        rows = conn.execute(
+        rows = self._conn().execute(
             "SELECT step, received_at, payload FROM snapshots "
             "WHERE run = ? AND step IN (SELECT value FROM json_each(?)) ORDER BY step",
             (run, json.dumps(chosen)),
@@ -414,6 +467,18 @@ class SQLiteStore(Store):
             .fetchone()
         )
         return None if row is None else SnapshotRecord(run, step, row[0], row[1])
+
+    def read_light_series(self, run: str, steps: Sequence[int], top: int) -> list[LightSnapshot]:
+        """Extracts the few numbers inside SQLite (its C JSON functions): no snapshot is
+        decoded in Python."""
+        series: list[LightSnapshot] = []
+        rows = self._conn().execute(_LIGHT_SERIES_SQL, (run, json.dumps(list(steps))))
+        for step, loss, name, eigvals in rows:
+            if not series or series[-1]["step"] != step:
+                series.append({"step": step, "loss": float(loss), "groups": []})
+            if name is not None:  # a snapshot without groups has one row of NULLs
+                series[-1]["groups"].append({"name": name, "eigvals": _json_head(eigvals, top)})
+        return series
 
     def iter_snapshots(self, run: str, batch: int = 256) -> Iterator[SnapshotRecord]:
         last = -1

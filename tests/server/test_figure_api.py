@@ -49,7 +49,7 @@ def _points(fig: dict) -> list[int]:
 def test_run_figures_at_the_latest_step(client: TestClient) -> None:
     data = client.get("/api/runs/alpha/figures", params={"max_points": 1000}).json()
     assert data["step"] == 490 and data["steps"] == list(range(0, 500, 10))
-    assert not data["downsampled"]
+    assert not data["downsampled"] and data["series_points"] == 50
     assert [g["name"] for g in data["groups"]] == ["l1", "l2"]
     assert _points(data["loss"]) == [50]
     for group in data["groups"]:
@@ -84,12 +84,14 @@ def test_step_and_count_mode_and_overlay(client: TestClient) -> None:
 
 def test_downsampling_keeps_first_and_latest(client: TestClient) -> None:
     data = client.get("/api/runs/alpha/figures", params={"max_points": 7}).json()
-    assert data["downsampled"] and len(data["steps"]) == 7
-    assert data["steps"][0] == 0 and data["steps"][-1] == 490 and data["step"] == 490
-    assert _points(data["loss"]) == [7]
-    # a step outside the sample is still served, and joins the slider's steps
+    assert data["downsampled"] and data["series_points"] == 7 and data["step"] == 490
+    loss_steps = data["loss"]["data"][0]["x"]
+    assert len(loss_steps) == 7 and loss_steps[0] == 0 and loss_steps[-1] == 490
+    # the slider covers every snapshot, not only the down-sampled ones
+    assert data["steps"] == list(range(0, 500, 10))
+    # a step outside the sample is still served
     data = client.get("/api/runs/alpha/figures", params={"max_points": 7, "step": 30}).json()
-    assert data["step"] == 30 and 30 in data["steps"] and len(data["steps"]) == 8
+    assert data["step"] == 30 and data["steps"] == list(range(0, 500, 10))
 
 
 def test_step_endpoint_changes_with_the_step(client: TestClient) -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from curvscope.server.protocol import EventMessage, SnapshotMessage
-from curvscope.server.store import SQLiteStore, StoreError, downsample_indices
+from curvscope.server.store import SQLiteStore, Store, StoreError, downsample_indices
 from tests.helpers.messages import make_event, make_snapshot
+from tests.web.seeding import seed_run, synthetic_snapshot
 
 
 @pytest.fixture
@@ -124,3 +125,39 @@ def test_iter_snapshots_pages_through_everything(store: SQLiteStore) -> None:
     for step in range(7):
         store.append_snapshot(snap(step=step), 1.0)
     assert [r.step for r in store.iter_snapshots("r", batch=3)] == list(range(7))
+
+
+def test_list_steps(store: SQLiteStore) -> None:
+    for step in (30, 0, 10):
+        store.append_snapshot(snap(step=step), 1.0)
+    store.append_snapshot(snap(run="other", step=5), 1.0)
+    assert store.list_steps("r") == [0, 10, 30]
+    assert store.list_steps("missing") == []
+
+
+def test_light_series_in_sql_equals_the_generic_default(tmp_path: Path) -> None:
+    """SQLiteStore's override (numbers extracted inside SQLite) returns what the base class's
+    default (decode each snapshot) returns, and both match the seeded messages."""
+    seed_run(tmp_path / "l.sqlite", "r", range(0, 300, 7), k=20, k_stats=5, groups=("a", "b"))
+    store = SQLiteStore(tmp_path / "l.sqlite")
+    try:
+        # a snapshot without groups still has a point (its loss)
+        no_groups = synthetic_snapshot("r", 1000, groups=())
+        store.append_snapshot(SnapshotMessage(**no_groups), 1.0)
+        steps = store.list_steps("r")
+        assert len(steps) == 44
+        for chosen in (steps, steps[::10], [steps[0], steps[-1]], [7, 8, 1000], []):
+            sql = store.read_light_series("r", chosen, 4)
+            generic = Store.read_light_series(store, "r", chosen, 4)
+            assert sql == generic
+            assert [s["step"] for s in sql] == [s for s in chosen if s in steps]
+        full = store.read_light_series("r", steps, 4)
+        expected = synthetic_snapshot("r", 7, k=20, k_stats=5, groups=("a", "b"))
+        assert full[1]["loss"] == expected["loss"]
+        assert full[1]["groups"] == [
+            {"name": g["name"], "eigvals": g["eigvals"][:4]} for g in expected["groups"]
+        ]
+        assert full[-1] == {"step": 1000, "loss": no_groups["loss"], "groups": []}
+        assert store.read_light_series("missing", [0, 1], 3) == []
+    finally:
+        store.close()
