@@ -155,6 +155,7 @@ class Probe:
         self._batch_size = 0
         self._loss_value = math.nan
         self._closed = False
+        self._quiet = False
         self._report_close: CloseReport | None = None
 
         self._handles = [
@@ -241,13 +242,13 @@ class Probe:
     # -- hooks (run inside the user's forward) ------------------------------------------
 
     def _before_forward(self, module: nn.Module, args: Any) -> None:
-        if self._armed or not torch.is_grad_enabled() or self._closed:
+        if self._armed or self._quiet or self._closed or not torch.is_grad_enabled():
             return
         if self._next_scheduled():
             self._arm()
 
     def _after_loss(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._armed and isinstance(output, Tensor):
+        if self._armed and not self._quiet and isinstance(output, Tensor):
             self._loss = output.detach()
             first = args[0] if args else None
             self._batch_size = int(first.shape[0]) if isinstance(first, Tensor) else 0
@@ -338,8 +339,14 @@ class Probe:
             train_loss = float(self._loss) if self._loss is not None else None
             if train_loss is not None and not math.isfinite(train_loss):
                 raise NonFiniteLossError(f"the training loss is {train_loss}; no snapshot")
-            with _untouched(self.model):
-                snapshot = compute_snapshot(self.model, self.loss_fn, *self._monitor, self.config)
+            self._quiet = True  # our own hooks stand aside during the monitor pass
+            try:
+                with _untouched(self.model):
+                    snapshot = compute_snapshot(
+                        self.model, self.loss_fn, *self._monitor, self.config
+                    )
+            finally:
+                self._quiet = False
             loss = snapshot.loss if train_loss is None else train_loss
         message = encode_snapshot(
             snapshot,

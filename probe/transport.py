@@ -15,6 +15,7 @@ upload``). Torch-free.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
@@ -30,7 +31,13 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 from curvscope.probe.spool import Message, Spool
-from curvscope.server.protocol import AckMessage, ErrorMessage
+from curvscope.server.protocol import (
+    CLOSE_FORBIDDEN_ORIGIN,
+    CLOSE_UNAUTHORIZED,
+    CLOSE_UNSUPPORTED_SCHEMA,
+    AckMessage,
+    ErrorMessage,
+)
 
 __all__ = [
     "CloseReport",
@@ -49,6 +56,10 @@ log = logging.getLogger("curvscope.probe.transport")
 
 FATAL_CODES = frozenset({"unauthorized", "forbidden_origin", "unsupported_schema_version"})
 """Error codes after which resending cannot help: stop sending, keep everything spooled."""
+FATAL_CLOSE_CODES = frozenset(
+    {CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN_ORIGIN, CLOSE_UNSUPPORTED_SCHEMA}
+)
+"""Close codes with the same meaning."""
 TRANSIENT_CODES = frozenset({"store_failed"})
 """Error codes after which the same message may succeed later."""
 
@@ -151,7 +162,10 @@ def deliver(ws: ClientConnection, message: Message, ack_timeout: float) -> Outco
     """
     deadline = time.monotonic() + ack_timeout
     try:
-        ws.send(message.model_dump_json())
+        with contextlib.suppress(ConnectionClosed):
+            # A server that refuses the client may close before this send; its error
+            # message is then still waiting to be read below.
+            ws.send(message.model_dump_json())
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -175,7 +189,11 @@ def deliver(ws: ClientConnection, message: Message, ack_timeout: float) -> Outco
                 error.code,
             )
             return Outcome.REJECTED
-    except (ConnectionClosed, OSError, TimeoutError) as err:
+    except ConnectionClosed as err:
+        if err.rcvd is not None and err.rcvd.code in FATAL_CLOSE_CODES:
+            raise ServerRefused(f"the server closed the connection: {err}") from err
+        raise DeliveryFailed(f"connection lost: {err}") from err
+    except (OSError, TimeoutError) as err:
         raise DeliveryFailed(f"connection lost: {err}") from err
     except (ValueError, ValidationError) as err:
         raise DeliveryFailed(f"unexpected reply from the server: {err}") from err
