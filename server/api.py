@@ -14,33 +14,28 @@ import json
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from curvscope.server.auth import require_read, require_write
-from curvscope.server.hub import RUNS_TOPIC, Hub
+from curvscope.server.hub import RUNS_TOPIC
+from curvscope.server.params import (
+    RunPath,
+    app_hub,
+    app_settings,
+    app_store,
+    check_max_points,
+)
 from curvscope.server.protocol import (
-    MAX_RUN_NAME_LENGTH,
-    RUN_NAME_PATTERN,
+    MAX_STEP,
     SCHEMA_VERSION,
     ConfigPayload,
     GroupPayload,
 )
-from curvscope.server.settings import Settings
-from curvscope.server.store import RunSummary, SnapshotRecord, Store
+from curvscope.server.store import EventRecord, RunSummary, SnapshotRecord, Store
 
 __all__ = ["CSV_COLUMNS", "router"]
-
-RunPath = Annotated[
-    str,
-    Path(
-        min_length=1,
-        max_length=MAX_RUN_NAME_LENGTH,
-        pattern=RUN_NAME_PATTERN,
-        description="Run name (letters, digits, '.', '_', '-').",
-    ),
-]
 
 
 class Health(BaseModel):
@@ -80,34 +75,12 @@ class SnapshotOut(BaseModel):
     received_at: float
 
 
-class EventOut(BaseModel):
-    """A stored event."""
-
-    id: int
-    run: str
-    step: int | None
-    wall_time: float
-    level: str
-    message: str
-    received_at: float
-
-
 router = APIRouter(prefix="/api")
 _reads = [Depends(require_read)]
 
 
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 async def _summary_or_404(request: Request, run: str) -> RunSummary:
-    summary = await asyncio.to_thread(_store(request).get_run, run)
+    summary = await asyncio.to_thread(app_store(request).get_run, run)
     if summary is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run named {run!r}")
     return summary
@@ -120,10 +93,10 @@ def _json_list(records: list[SnapshotRecord]) -> str:
 @router.get("/health", response_model=Health)
 async def health(request: Request) -> Health:
     """Liveness: answers as soon as the store is open. Never needs a token."""
-    hub: Hub = request.app.state.hub
+    hub = app_hub(request)
     return Health(
         schema_version=SCHEMA_VERSION,
-        store=type(_store(request)).__name__,
+        store=type(app_store(request)).__name__,
         live_clients=hub.subscriber_count(),
         dropped_clients=hub.dropped_total,
     )
@@ -132,8 +105,8 @@ async def health(request: Request) -> Health:
 @router.get("/runs", response_model=list[RunOut], dependencies=_reads)
 async def list_runs(request: Request) -> list[dict[str, object]]:
     """All runs, most recently updated first."""
-    window = _settings(request).live_window_s
-    runs = await asyncio.to_thread(_store(request).list_runs)
+    window = app_settings(request).live_window_s
+    runs = await asyncio.to_thread(app_store(request).list_runs)
     return [r.to_dict(live_window_s=window) for r in runs]
 
 
@@ -141,7 +114,7 @@ async def list_runs(request: Request) -> list[dict[str, object]]:
 async def get_run(request: Request, run: RunPath) -> dict[str, object]:
     """One run's summary."""
     summary = await _summary_or_404(request, run)
-    return summary.to_dict(live_window_s=_settings(request).live_window_s)
+    return summary.to_dict(live_window_s=app_settings(request).live_window_s)
 
 
 @router.get(
@@ -153,30 +126,33 @@ async def get_run(request: Request, run: RunPath) -> dict[str, object]:
 async def read_snapshots(
     request: Request,
     run: RunPath,
-    start: Annotated[int | None, Query(ge=0, description="First step (inclusive)")] = None,
-    end: Annotated[int | None, Query(ge=0, description="Last step (inclusive)")] = None,
+    start: Annotated[
+        int | None, Query(ge=0, le=MAX_STEP, description="First step (inclusive)")
+    ] = None,
+    end: Annotated[
+        int | None, Query(ge=0, le=MAX_STEP, description="Last step (inclusive)")
+    ] = None,
     max_points: Annotated[
         int | None,
         Query(ge=1, description="Down-sample to at most this many; the latest is always kept"),
     ] = None,
 ) -> Response:
     """Snapshots in step order, optionally in a step range and down-sampled."""
-    limit = _settings(request).max_points_limit
-    if max_points is not None and max_points > limit:
-        raise HTTPException(422, f"max_points must be at most {limit}")
+    check_max_points(request, max_points)
     if start is not None and end is not None and start > end:
         raise HTTPException(422, "start must be <= end")
     await _summary_or_404(request, run)
-    records = await asyncio.to_thread(_store(request).read_snapshots, run, start, end, max_points)
+    records = await asyncio.to_thread(
+        app_store(request).read_snapshots, run, start, end, max_points
+    )
     return Response(_json_list(records), media_type="application/json")
 
 
-@router.get("/runs/{run}/events", response_model=list[EventOut], dependencies=_reads)
-async def read_events(request: Request, run: RunPath) -> list[dict[str, object]]:
+@router.get("/runs/{run}/events", response_model=list[EventRecord], dependencies=_reads)
+async def read_events(request: Request, run: RunPath) -> list[EventRecord]:
     """A run's events (errors, warnings, notes reported by the probe) in arrival order."""
     await _summary_or_404(request, run)
-    events = await asyncio.to_thread(_store(request).read_events, run)
-    return [e.to_dict() for e in events]
+    return await asyncio.to_thread(app_store(request).read_events, run)
 
 
 CSV_COLUMNS = (
@@ -259,13 +235,15 @@ async def export_run(
 ) -> StreamingResponse:
     """The whole run as a file: JSON ``{"run", "snapshots", "events"}`` or long-format CSV."""
     summary = await _summary_or_404(request, run)
-    store = _store(request)
+    store = app_store(request)
     headers = {"Content-Disposition": f'attachment; filename="{run}.{format}"'}
     if format == "csv":
         return StreamingResponse(
             _csv_rows(store.iter_snapshots(run)), media_type="text/csv", headers=headers
         )
-    body = _json_export(summary.to_dict(live_window_s=_settings(request).live_window_s), store, run)
+    body = _json_export(
+        summary.to_dict(live_window_s=app_settings(request).live_window_s), store, run
+    )
     return StreamingResponse(body, media_type="application/json", headers=headers)
 
 
@@ -277,9 +255,9 @@ async def export_run(
 )
 async def delete_run(request: Request, run: RunPath) -> Response:
     """Delete a run with its snapshots and events (needs the token when one is configured)."""
-    deleted = await asyncio.to_thread(_store(request).delete_run, run)
+    deleted = await asyncio.to_thread(app_store(request).delete_run, run)
     if not deleted:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run named {run!r}")
-    hub: Hub = request.app.state.hub
+    hub = app_hub(request)
     hub.publish(RUNS_TOPIC, json.dumps({"type": "run_deleted", "run": run}))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

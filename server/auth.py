@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from fastapi import HTTPException, Request, status
 from starlette.requests import HTTPConnection
 
-from curvscope.server.settings import Settings
+from curvscope.server.params import app_settings
 
 __all__ = [
     "bearer_token",
@@ -57,14 +57,9 @@ def presented_token(conn: HTTPConnection, *, allow_query: bool) -> str | None:
     return token
 
 
-def _settings(conn: HTTPConnection) -> Settings:
-    settings: Settings = conn.app.state.settings
-    return settings
-
-
 def _require(request: Request) -> None:
     if not token_matches(
-        _settings(request).token_value(), presented_token(request, allow_query=False)
+        app_settings(request).token_value(), presented_token(request, allow_query=False)
     ):
         raise HTTPException(
             status_code=status.HTTP_401_UNAUTHORIZED,
@@ -80,7 +75,7 @@ def require_write(request: Request) -> None:
 
 def require_read(request: Request) -> None:
     """FastAPI dependency: reads need the token only when reads are protected."""
-    if _settings(request).protect_reads:
+    if app_settings(request).protect_reads:
         _require(request)
 
 
@@ -110,7 +105,7 @@ def origin_allowed(conn: HTTPConnection) -> bool:
     parsed = _origin_of(origin)
     if parsed is None:
         return False
-    allowed = {_origin_of(o) for o in _settings(conn).allowed_origins}
+    allowed = {_origin_of(o) for o in app_settings(conn).allowed_origins}
     if parsed in allowed:
         return True
     host = conn.headers.get("host")

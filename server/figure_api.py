@@ -14,18 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Sequence
 from typing import Annotated, Any
 
 import plotly.graph_objects as go
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 
 from curvscope.server import figures
 from curvscope.server.auth import require_read
 from curvscope.server.figures import DensityMode, Overlay, Snapshot
-from curvscope.server.protocol import MAX_RUN_NAME_LENGTH, RUN_NAME_PATTERN
-from curvscope.server.settings import Settings
+from curvscope.server.params import (
+    RunPath,
+    StepQuery,
+    app_settings,
+    app_store,
+    check_max_points,
+    is_run_name,
+)
 from curvscope.server.store import LightSnapshot, RunSummary, Store, downsample_indices
 
 __all__ = ["DEFAULT_MAX_POINTS", "router", "run_view_data"]
@@ -33,12 +38,7 @@ __all__ = ["DEFAULT_MAX_POINTS", "router", "run_view_data"]
 DEFAULT_MAX_POINTS = 200
 """Snapshots read for the figures over steps unless ``max_points`` says otherwise."""
 MAX_COMPARE_RUNS = 8
-_RUN_NAME = re.compile(RUN_NAME_PATTERN)
 
-RunPath = Annotated[
-    str,
-    Path(min_length=1, max_length=MAX_RUN_NAME_LENGTH, pattern=RUN_NAME_PATTERN),
-]
 MaxPoints = Annotated[
     int,
     Query(ge=2, description="Snapshots read for figures over steps (the latest is kept)"),
@@ -233,20 +233,6 @@ def _compare_data(
     }
 
 
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
-
-
-def _limit(request: Request, max_points: int) -> None:
-    settings: Settings = request.app.state.settings
-    if max_points > settings.max_points_limit:
-        raise HTTPException(
-            422,
-            f"max_points must be at most {settings.max_points_limit}",
-        )
-
-
 async def _respond(func: Any, *args: Any, **kwargs: Any) -> Response:
     try:
         data = await asyncio.to_thread(func, *args, **kwargs)
@@ -260,25 +246,24 @@ async def _respond(func: Any, *args: Any, **kwargs: Any) -> Response:
 async def run_figures(
     request: Request,
     run: RunPath,
-    step: Annotated[int | None, Query(ge=0, description="Step shown (default: latest)")] = None,
+    step: StepQuery = None,
     mode: Mode = "density",
     overlay: OverlayQuery = "none",
     max_points: MaxPoints = DEFAULT_MAX_POINTS,
     top: Top = 8,
 ) -> Response:
     """Every figure of the run view at ``step``, as Plotly figure JSON."""
-    _limit(request, max_points)
-    settings: Settings = request.app.state.settings
+    check_max_points(request, max_points)
     return await _respond(
         run_view_data,
-        _store(request),
+        app_store(request),
         run,
         step=step,
         mode=mode,
         overlay=overlay,
         max_points=max_points,
         top=top,
-        live_window_s=settings.live_window_s,
+        live_window_s=app_settings(request).live_window_s,
     )
 
 
@@ -286,12 +271,12 @@ async def run_figures(
 async def step_figures(
     request: Request,
     run: RunPath,
-    step: Annotated[int | None, Query(ge=0, description="Step shown (default: latest)")] = None,
+    step: StepQuery = None,
     mode: Mode = "density",
     overlay: OverlayQuery = "none",
 ) -> Response:
     """Only the per-step figures (density, SNR, |γ|, overlap) of every group at ``step``."""
-    return await _respond(_step_data, _store(request), run, step, mode, overlay)
+    return await _respond(_step_data, app_store(request), run, step, mode, overlay)
 
 
 @router.get("/compare/figures", responses={404: {"description": "A run does not exist"}})
@@ -303,11 +288,11 @@ async def compare_figures(
     max_points: MaxPoints = DEFAULT_MAX_POINTS,
 ) -> Response:
     """Several runs overlaid: latest spectral density, eigenvalue trajectories and loss."""
-    _limit(request, max_points)
+    check_max_points(request, max_points)
     names = [r for part in runs for r in part.split(",") if r]
     if not names or len(names) > MAX_COMPARE_RUNS:
         raise HTTPException(422, f"give 1 to {MAX_COMPARE_RUNS} runs")
-    bad = [r for r in names if len(r) > MAX_RUN_NAME_LENGTH or not _RUN_NAME.fullmatch(r)]
+    bad = [r for r in names if not is_run_name(r)]
     if bad:
         raise HTTPException(422, f"invalid run name {bad[0]!r}")
-    return await _respond(_compare_data, _store(request), names, group, mode, max_points)
+    return await _respond(_compare_data, app_store(request), names, group, mode, max_points)

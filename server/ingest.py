@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from curvscope.server import protocol
 from curvscope.server.auth import origin_allowed, presented_token, token_matches
 from curvscope.server.hub import RUNS_TOPIC, Hub, run_topic
+from curvscope.server.params import app_hub, app_settings, app_store
 from curvscope.server.protocol import (
     CLOSE_FORBIDDEN_ORIGIN,
     CLOSE_INTERNAL_ERROR,
@@ -35,7 +36,6 @@ from curvscope.server.protocol import (
     EventMessage,
     SnapshotMessage,
 )
-from curvscope.server.settings import Settings
 from curvscope.server.store import SnapshotRecord, Store, snapshot_payload_json
 
 __all__ = [
@@ -244,9 +244,9 @@ async def _refuse(ws: WebSocket, reply: Reply) -> None:
 @router.websocket("/ws/ingest")
 async def ingest(ws: WebSocket) -> None:
     """Receive probe messages until the probe disconnects or a closing error occurs."""
-    settings: Settings = ws.app.state.settings
-    store: Store = ws.app.state.store
-    hub: Hub = ws.app.state.hub
+    settings = app_settings(ws)
+    store = app_store(ws)
+    hub = app_hub(ws)
     await ws.accept()
     if not origin_allowed(ws):
         await _refuse(ws, _error(ERROR_FORBIDDEN_ORIGIN, "websocket from a foreign Origin"))

@@ -11,22 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from curvscope.server.auth import origin_allowed, presented_token, token_matches
 from curvscope.server.hub import RUNS_TOPIC, Hub, Subscriber, run_topic
+from curvscope.server.params import app_hub, app_settings, app_store, is_run_name
 from curvscope.server.protocol import (
     CLOSE_FORBIDDEN_ORIGIN,
     CLOSE_GOING_AWAY,
     CLOSE_SLOW_CLIENT,
     CLOSE_UNAUTHORIZED,
-    MAX_RUN_NAME_LENGTH,
-    RUN_NAME_PATTERN,
 )
-from curvscope.server.settings import Settings
-from curvscope.server.store import Store
 
 __all__ = ["router"]
 
@@ -38,7 +34,7 @@ router = APIRouter()
 
 async def _admit(ws: WebSocket) -> bool:
     """Accept the websocket, then close it again if the Origin or token is wrong."""
-    settings: Settings = ws.app.state.settings
+    settings = app_settings(ws)
     await ws.accept()
     if not origin_allowed(ws):
         await ws.close(code=CLOSE_FORBIDDEN_ORIGIN, reason="forbidden origin")
@@ -101,11 +97,10 @@ async def watch_runs(ws: WebSocket) -> None:
     ``run_deleted`` messages."""
     if not await _admit(ws):
         return
-    hub: Hub = ws.app.state.hub
-    store: Store = ws.app.state.store
-    settings: Settings = ws.app.state.settings
+    hub = app_hub(ws)
     sub = hub.subscribe(RUNS_TOPIC)
-    runs = await asyncio.to_thread(store.list_runs)
+    runs = await asyncio.to_thread(app_store(ws).list_runs)
+    settings = app_settings(ws)
     first = json.dumps(
         {"type": "runs", "runs": [r.to_dict(live_window_s=settings.live_window_s) for r in runs]}
     )
@@ -118,9 +113,9 @@ async def watch_run(ws: WebSocket, run: str) -> None:
     messages as they are stored."""
     if not await _admit(ws):
         return
-    if len(run) > MAX_RUN_NAME_LENGTH or not re.fullmatch(RUN_NAME_PATTERN, run):
+    if not is_run_name(run):
         await ws.close(code=CLOSE_INVALID_RUN, reason="invalid run name")
         return
-    hub: Hub = ws.app.state.hub
+    hub = app_hub(ws)
     sub = hub.subscribe(run_topic(run))
     await _serve(ws, hub, sub, json.dumps({"type": "subscribed", "run": run}))

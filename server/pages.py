@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from curvscope.server import figure_api
 
-__all__ = ["router", "web_dir"]
+__all__ = ["plotly_js_path", "router", "web_dir"]
 
 router = APIRouter()
 router.include_router(figure_api.router)
@@ -47,7 +47,8 @@ def web_dir() -> Path:
 
 
 @cache
-def _plotly_js() -> Path | None:
+def plotly_js_path() -> Path | None:
+    """Plotly.js as bundled with the ``plotly`` Python package, or ``None`` without it."""
     spec = importlib.util.find_spec("plotly")  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -70,7 +71,7 @@ async def index() -> Response:
 async def plotly_js() -> FileResponse:
     """Plotly.js as bundled with the plotly Python package (4.8 MB: browsers may cache it for
     a day; it only changes when the plotly package is upgraded)."""
-    path = _plotly_js()
+    path = plotly_js_path()
     if path is None:
         raise HTTPException(404, "plotly is not installed")
     return FileResponse(

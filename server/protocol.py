@@ -29,6 +29,7 @@ __all__ = [
     "CLOSE_UNSUPPORTED_DATA",
     "CLOSE_UNSUPPORTED_SCHEMA",
     "MAX_RUN_NAME_LENGTH",
+    "MAX_STEP",
     "RUN_NAME_PATTERN",
     "SCHEMA_VERSION",
     "SNR_UNDEFINED",
@@ -84,7 +85,9 @@ RunName = Annotated[
     ),
 ]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Step = Annotated[int, Field(ge=0, le=2**62)]
+MAX_STEP = 2**62
+"""The largest step a snapshot may have (fits SQLite's signed 64-bit integers)."""
+Step = Annotated[int, Field(ge=0, le=MAX_STEP)]
 
 
 class _Message(BaseModel):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import importlib.util
 import json
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from curvscope.server.figure_api import run_view_data
+from curvscope.server.pages import plotly_js_path
 from curvscope.server.store import SQLiteStore, Store
 
 __all__ = ["add_parser", "render_report", "report"]
@@ -37,11 +37,10 @@ h1 { font-size: 1.4rem; margin-bottom: 0.2rem; } h2 { font-size: 1.1rem; margin-
 
 
 def _plotly_js() -> str:
-    spec = importlib.util.find_spec("plotly")
-    if spec is None or not spec.submodule_search_locations:
+    path = plotly_js_path()
+    if path is None:
         raise RuntimeError("the plotly package is missing")
-    root = Path(next(iter(spec.submodule_search_locations)))
-    return (root / "package_data" / "plotly.min.js").read_text(encoding="utf-8")
+    return path.read_text(encoding="utf-8")
 
 
 def _script_json(text: str) -> str:

@@ -13,6 +13,7 @@ versioned with ``PRAGMA user_version`` and migrated step by step at open time.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -103,16 +104,8 @@ class EventRecord:
     received_at: float
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of ``GET /api/runs/{run}/events`` entries."""
-        return {
-            "id": self.id,
-            "run": self.run,
-            "step": self.step,
-            "wall_time": self.wall_time,
-            "level": self.level,
-            "message": self.message,
-            "received_at": self.received_at,
-        }
+        """The JSON shape of ``GET /api/runs/{run}/events`` entries (the fields above)."""
+        return dataclasses.asdict(self)
 
 
 LightSnapshot = dict[str, Any]

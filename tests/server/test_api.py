@@ -71,7 +71,16 @@ def test_range_and_downsampling(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "query", ["start=-1", "end=x", "max_points=0", "max_points=100000", "start=9&end=3"]
+    "query",
+    [
+        "start=-1",
+        "end=x",
+        "max_points=0",
+        "max_points=100000",
+        "start=9&end=3",
+        f"start={10**30}",  # beyond a 64-bit integer: refused, not an overflow in the store
+        f"end={2**63}",
+    ],
 )
 def test_bad_queries_are_422(client: TestClient, query: str) -> None:
     ingest(client, make_snapshot("a", 1))

@@ -117,6 +117,8 @@ def test_missing_things_are_404_and_limits_422(client: TestClient) -> None:
     assert client.get("/api/runs/alpha/figures/step", params={"step": 11}).status_code == 404
     assert client.get("/api/runs/alpha/figures", params={"max_points": 10**6}).status_code == 422
     assert client.get("/api/runs/alpha/figures", params={"mode": "log"}).status_code == 422
+    for path in ("/api/runs/alpha/figures", "/api/runs/alpha/figures/step"):
+        assert client.get(path, params={"step": 10**30}).status_code == 422  # not a 500
     assert client.get("/api/compare/figures", params={"runs": "alpha,nope"}).status_code == 404
     assert client.get("/api/compare/figures", params={"runs": "a b"}).status_code == 422
 
