@@ -25,18 +25,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.helpers.chromium import CHROMIUM_ARGS, find_chromium
 from tests.helpers.server_process import running_server
 from tests.web.seeding import seed_run
-
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def _median_s(func, repeats: int) -> float:
@@ -89,9 +80,11 @@ def main() -> None:
 
         from playwright.sync_api import sync_playwright
 
-        chromium = shutil.which("chromium") or "/usr/bin/chromium"
+        chromium = find_chromium()
+        if chromium is None:
+            raise SystemExit("no Chromium found (Debian's 'chromium', or CURVSCOPE_CHROMIUM)")
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=ARGS)
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             cold, warm = [], []
             for _ in range(args.repeats):
                 context = browser.new_context(viewport={"width": 1400, "height": 1000})

@@ -8,7 +8,6 @@ a missing browser fails them instead (``.ci/run`` installs the ``chromium`` pack
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,18 +16,10 @@ import pytest
 
 from curvscope.server.protocol import EventMessage
 from curvscope.server.store import SQLiteStore
+from tests.helpers.chromium import CHROMIUM_ARGS, find_chromium
 from tests.helpers.server_process import ServerProcess, running_server
 from tests.web.seeding import seed_run
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
 # What the seeded database holds (tests compute their expectations from these).
@@ -36,19 +27,6 @@ K, K_STATS = 30, 12
 ALPHA_STEPS = list(range(0, 200, 10))  # 20 snapshots
 BETA_STEPS = list(range(0, 50, 10))  # 5 snapshots
 GROUPS = ("encoder", "head")
-
-
-def find_chromium() -> str | None:
-    """Debian's Chromium (or ``CURVSCOPE_CHROMIUM``), else ``None``."""
-    for candidate in (
-        os.environ.get("CURVSCOPE_CHROMIUM"),
-        "/usr/bin/chromium",
-        shutil.which("chromium"),
-        shutil.which("chromium-browser"),
-    ):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 @pytest.fixture(scope="session")
