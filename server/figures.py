@@ -169,19 +169,25 @@ def log_edges(values: Sequence[float], n_bins: int) -> list[float]:
     return edges
 
 
+def _bin_index(value: float, edges: Sequence[float]) -> int | None:
+    """The bin ``i`` with ``edges[i] <= value < edges[i+1]`` (the last bin includes its right
+    edge), or ``None`` outside the edges. Tolerates the rounding of ``10**log10(v)`` at the
+    outermost edges."""
+    if not (edges[0] * (1 - 1e-12) <= value <= edges[-1] * (1 + 1e-12)):
+        return None
+    i = bisect.bisect_right(edges, value) - 1
+    return min(max(i, 0), len(edges) - 2)
+
+
 def histogram(values: Sequence[float], edges: Sequence[float]) -> list[int]:
     """Counts of ``values`` in ``[edges[i], edges[i+1])`` (the last bin includes its right
     edge). Values outside the edges, zeros and negatives are not counted. Shape ``[len(edges)-1]``.
     """
     counts = [0] * (len(edges) - 1)
-    lo, hi = edges[0], edges[-1]
-    # Tolerate the rounding of 10**log10(v) at the outermost edges.
-    lo_tol, hi_tol = lo * (1 - 1e-12), hi * (1 + 1e-12)
     for v in values:
-        if not (lo_tol <= v <= hi_tol):
-            continue
-        i = bisect.bisect_right(edges, v) - 1
-        counts[min(max(i, 0), len(counts) - 1)] += 1
+        i = _bin_index(v, edges)
+        if i is not None:
+            counts[i] += 1
     return counts
 
 
@@ -258,6 +264,33 @@ def _stats(snapshot: Snapshot, group: str) -> tuple[list[float], Mapping[str, An
     return [float(v) for v in found["eigvals"][:k_stats]], found
 
 
+def _direction_markers(
+    lam: Sequence[float],
+    values: Sequence[float],
+    *,
+    label: str,
+    color: str,
+    symbol: str = "circle",
+    left_out: Sequence[str] = (),
+) -> tuple[go.Scatter, int]:
+    """Markers at ``(λ_k, values[k])`` for every direction k with ``values[k] > 0`` (a log
+    axis cannot show the rest; ``left_out`` says in the legend what was dropped), and how
+    many were drawn."""
+    keep = [k for k, v in enumerate(values) if v > 0]
+    name = label + (f" — not shown: {', '.join(left_out)}" if left_out else "")
+    trace = go.Scatter(
+        _validate=False,
+        x=[lam[k] for k in keep],
+        y=[values[k] for k in keep],
+        customdata=keep,
+        mode="markers",
+        marker={"color": color, "symbol": symbol, "size": 7, "opacity": 0.8},
+        name=name,
+        hovertemplate=f"k=%{{customdata}}<br>λ=%{{x:.3g}}<br>{label}=%{{y:.3g}}<extra></extra>",
+    )
+    return trace, len(keep)
+
+
 def snr_figure(snapshot: Snapshot, group: str, *, uirevision: str = "snr") -> go.Figure:
     """SNR(λ_k) and SNR(γ_k) against λ_k (log–log), with the SNR = 1 line.
 
@@ -279,29 +312,15 @@ def snr_figure(snapshot: Snapshot, group: str, *, uirevision: str = "snr") -> go
         (("SNR(λ_k)", "snr_lambda", "circle"), ("SNR(γ_k)", "snr_gamma", "diamond"))
     ):
         snr = [float(v) for v in found[field]]
-        keep = [k for k, s in enumerate(snr) if s > 0]
         undefined = sum(1 for s in snr if s == SNR_UNDEFINED)
         zero = sum(1 for s in snr if s == 0)
-        left_out = []
-        if undefined:
-            left_out.append(f"{undefined} undefined (zero variance)")
-        if zero:
-            left_out.append(f"{zero} zero")
-        name = label + (f" — not shown: {', '.join(left_out)}" if left_out else "")
-        fig.add_trace(
-            go.Scatter(
-                _validate=False,
-                x=[lam[k] for k in keep],
-                y=[snr[k] for k in keep],
-                customdata=keep,
-                mode="markers",
-                marker={"color": COLORS[i], "symbol": symbol, "size": 7, "opacity": 0.8},
-                name=name,
-                hovertemplate=f"k=%{{customdata}}<br>λ=%{{x:.3g}}<br>{label}=%{{y:.3g}}"
-                "<extra></extra>",
-            )
+        left_out = [f"{undefined} undefined (zero variance)"] if undefined else []
+        left_out += [f"{zero} zero"] if zero else []
+        trace, drawn = _direction_markers(
+            lam, snr, label=label, color=COLORS[i], symbol=symbol, left_out=left_out
         )
-        shown += len(keep)
+        fig.add_trace(trace)
+        shown += drawn
     fig.add_trace(
         go.Scatter(
             _validate=False,
@@ -330,20 +349,11 @@ def gamma_figure(snapshot: Snapshot, group: str, *, uirevision: str = "gamma") -
     if found is None or not lam:
         return _note(fig, "no directions at this step")
     gamma = [abs(float(v)) for v in found["gamma"]]
-    keep = [k for k, v in enumerate(gamma) if v > 0]
-    zero = len(gamma) - len(keep)
-    fig.add_trace(
-        go.Scatter(
-            _validate=False,
-            x=[lam[k] for k in keep],
-            y=[gamma[k] for k in keep],
-            customdata=keep,
-            mode="markers",
-            marker={"color": COLORS[2], "size": 7, "opacity": 0.8},
-            name="|γ_k|" + (f" — not shown: {zero} zero" if zero else ""),
-            hovertemplate="k=%{customdata}<br>λ=%{x:.3g}<br>|γ|=%{y:.3g}<extra></extra>",
-        )
+    zero = sum(1 for v in gamma if v == 0)
+    trace, _ = _direction_markers(
+        lam, gamma, label="|γ_k|", color=COLORS[2], left_out=[f"{zero} zero"] if zero else []
     )
+    fig.add_trace(trace)
     fig.update_layout(showlegend=True)
     return fig
 
@@ -366,9 +376,8 @@ def overlap_bars(
     sums = [0.0] * (len(edges) - 1)
     counts = [0] * (len(edges) - 1)
     for lam, share in zip(eigvals, overlap, strict=True):
-        hit = histogram([lam], edges)
-        if 1 in hit:
-            i = hit.index(1)
+        i = _bin_index(lam, edges)
+        if i is not None:
             sums[i] += share
             counts[i] += 1
     return sums, counts, 1.0 - math.fsum(overlap)
@@ -423,6 +432,21 @@ def overlap_figure(
 
 
 # -- over steps ----------------------------------------------------------------------------
+def _trajectories(
+    series: Sequence[Snapshot], group: str, top: int
+) -> list[tuple[list[int], list[float]]]:
+    """``(steps, λ_k)`` for k = 0, 1, ... < ``top``: the snapshots whose group has a positive
+    k-th eigenvalue; stops at the first k no snapshot has."""
+    rows = [(snap["step"], _eigvals(snap, group)) for snap in series]
+    out = []
+    for k in range(top):
+        points = [(step, vals[k]) for step, vals in rows if len(vals) > k and vals[k] > 0]
+        if not points:
+            break
+        out.append(([p[0] for p in points], [p[1] for p in points]))
+    return out
+
+
 def eigval_trajectories_figure(
     series: Sequence[Snapshot], group: str, *, top: int = 8, uirevision: str = "eigvals"
 ) -> go.Figure:
@@ -434,15 +458,7 @@ def eigval_trajectories_figure(
         {"title": {"text": "step"}},
         {"type": "log", "title": {"text": "eigenvalue λ_k"}},
     )
-    for k in range(top):
-        steps, values = [], []
-        for snap in series:
-            vals = _eigvals(snap, group)
-            if len(vals) > k and vals[k] > 0:
-                steps.append(snap["step"])
-                values.append(vals[k])
-        if not steps:
-            break
+    for k, (steps, values) in enumerate(_trajectories(series, group, top)):
         fig.add_trace(
             go.Scatter(
                 _validate=False,
@@ -517,16 +533,12 @@ def compare_trajectories_figure(
     )
     dashes = ("solid", "dash", "dot", "dashdot", "longdash")
     for r, (run, series) in enumerate(runs):
-        for k in range(top):
-            points = [(s["step"], _eigvals(s, group)) for s in series]
-            points = [(step, vals[k]) for step, vals in points if len(vals) > k and vals[k] > 0]
-            if not points:
-                break
+        for k, (steps, values) in enumerate(_trajectories(series, group, top)):
             fig.add_trace(
                 go.Scatter(
                     _validate=False,
-                    x=[p[0] for p in points],
-                    y=[p[1] for p in points],
+                    x=steps,
+                    y=values,
                     mode="lines",
                     line={"color": COLORS[r % len(COLORS)], "dash": dashes[k % len(dashes)]},
                     name=f"{run} λ_{k + 1}",
