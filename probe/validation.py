@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -99,7 +101,10 @@ def prepare_model(model: nn.Module) -> nn.Module:
     from backpack.custom_module.graph_utils import convert_module_to_backpack
 
     try:
-        converted = convert_module_to_backpack(model, debug=False)
+        with warnings.catch_warnings():
+            # BackPACK warns about nodes it cannot convert; the check below names them.
+            warnings.filterwarnings("ignore", message="Encountered node that may break")
+            converted = convert_module_to_backpack(model, debug=False)
     except Exception as err:
         raise UnsupportedLayerError(
             "", type(model).__name__, f"torch.fx could not trace its forward pass ({err})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from backpack import backpack, extend
@@ -30,7 +31,8 @@ def _backpack_mc_factor(model: nn.Module, x, y, mc_samples: int) -> torch.Tensor
     loss_fn = extend(nn.CrossEntropyLoss())
     loss = loss_fn(model(x), y)
     torch.manual_seed(SEED)
-    with backpack(SqrtGGNMC(mc_samples=mc_samples)):
+    with backpack(SqrtGGNMC(mc_samples=mc_samples)), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
         loss.backward()
     return torch.cat([p.sqrt_ggn_mc.flatten(start_dim=2) for p in model.parameters()], dim=2)
 

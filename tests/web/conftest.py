@@ -42,9 +42,13 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_context(chromium_path: str) -> Iterator[object]:
-    """One browser and one context for the session (pages share the HTTP cache)."""
+    """One browser and one context per test module (its pages share the HTTP cache).
+
+    Module scope, not session: Playwright's sync API keeps an event loop running in the
+    main thread while it is open, which would break ``asyncio.run`` in later test modules.
+    """
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
