@@ -171,6 +171,8 @@ def deliver(ws: ClientConnection, message: Message, ack_timeout: float) -> Outco
             if left <= 0:
                 raise DeliveryFailed(f"no acknowledgement within {ack_timeout} s")
             reply = json.loads(ws.recv(timeout=left))
+            if not isinstance(reply, dict):
+                raise ValueError(f"expected a JSON object, got {type(reply).__name__}")
             if reply.get("type") == "ack":
                 if _matches(AckMessage.model_validate(reply), message):
                     return Outcome.ACKED
@@ -408,7 +410,11 @@ class Transport:
             message = self._queue.get_nowait()
         except queue.Empty:
             return
-        outcome = self._deliver(message)
+        try:
+            outcome = self._deliver(message)
+        except BaseException:
+            self._spill(message)  # taken off the queue: never dropped, whatever went wrong
+            raise
         if outcome is Outcome.ACKED:
             self.delivered += 1
         elif outcome is Outcome.REJECTED:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import ServerConnection, serve
 
 from curvscope.probe.spool import Spool
 from curvscope.probe.transport import (
@@ -125,3 +128,23 @@ def test_submit_never_blocks_and_close_gives_up_on_a_stuck_server(tmp_path: Path
         stored = set(_stored(server, "stuck"))
         assert spooled | stored == set(range(30))
         assert report.spooled == len(spool.pending()) >= 25
+
+
+def test_a_malformed_answer_keeps_the_message_for_a_resend(tmp_path: Path) -> None:
+    # A peer that answers every message with valid JSON that is not an object: the sender
+    # must count the delivery as failed and keep the message, not drop it.
+    def answer_with_a_list(ws: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            for _ in ws:
+                ws.send("[]")
+
+    with serve(answer_with_a_list, "127.0.0.1", 0) as peer:
+        threading.Thread(target=peer.serve_forever, daemon=True).start()
+        host, port = peer.socket.getsockname()[:2]
+        spool = Spool(tmp_path / "spool")
+        transport = Transport(f"http://{host}:{port}", None, spool, FAST)
+        transport.submit(_snap("odd", 0))
+        report = transport.close(timeout=1.0)
+        peer.shutdown()
+    assert (report.delivered, report.rejected, report.spooled) == (0, 0, 1)
+    assert [m.step for m in map(spool.read, spool.pending()) if m is not None] == [0]
