@@ -110,6 +110,7 @@ class ViViTCollector:
         self._accumulators: list[GramAccumulator] = []
         self._subsampling: list[int] | None = None
         self._batch_size = 0
+        self._failures: list[Exception] = []  # errors of the BackPACK hooks in a pass
 
     @property
     def needs_conversion(self) -> bool:
@@ -118,11 +119,15 @@ class ViViTCollector:
 
     def hooks(self) -> AbstractContextManager[None]:
         """BackPACK's IO and backward hooks on the model and the loss, removed on exit."""
-        return attach_hooks(self.module, self.loss_fn)
+        return attach_hooks(self.module, self.loss_fn, failures=self._failures)
 
     @contextmanager
     def backward(self, batch_size: int) -> Iterator[None]:
-        """Activate the factor extension for the ``loss.backward()`` run inside."""
+        """Activate the factor extension for the ``loss.backward()`` run inside.
+
+        An error inside the extension does not abort the backward pass (the gradients are
+        still computed in full); it is raised on exit from this context instead.
+        """
         self._subsampling = self.config.subsample_indices(batch_size)
         self._batch_size = batch_size
         self._accumulators = [
@@ -144,17 +149,27 @@ class ViViTCollector:
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             if seeded:
                 torch.manual_seed(self.config.seed)
+            self._failures.clear()
             try:
                 with backpack(extension.backpack_extension):
                     yield
+                if self._failures:
+                    raise self._failures[0]
+            except BaseException:
+                self._accumulators = []  # no snapshot follows a failed pass
+                raise
             finally:
+                self._failures.clear()
                 release_results(self.module)
 
     def snapshot(self, loss: float) -> Snapshot:
-        """Turn the accumulated Gram matrices into the snapshot's spectra and statistics."""
-        groups = [self._group_spectrum(acc) for acc in self._accumulators]
-        if not self.keep_factors:
-            self._accumulators = []
+        """Turn the accumulated Gram matrices into the snapshot's spectra and statistics.
+
+        The collector lets go of the pass's sums and factors: kept factors live on only in
+        the returned snapshot (for :meth:`GroupSpectrum.combine`), never until the next pass.
+        """
+        accumulators, self._accumulators = self._accumulators, []
+        groups = [self._group_spectrum(acc) for acc in accumulators]
         return Snapshot(loss=loss, batch_size=self._batch_size, groups=groups)
 
     def _group_spectrum(self, acc: GramAccumulator) -> GroupSpectrum:

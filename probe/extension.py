@@ -189,14 +189,36 @@ def supported_layers() -> frozenset[type[nn.Module]]:
     return frozenset(_module_extensions(SqrtGGNExact()))
 
 
+def _guarded(failures: list[Exception]) -> Callable[[nn.Module, Any, Any], None]:
+    """BackPACK's backward hook, recording its first error in ``failures`` instead of raising.
+
+    An error raised in a backward hook aborts the whole backward pass, so it would reach
+    the training loop and leave its gradients incomplete; recorded, it is raised by
+    whoever ran the pass, after the pass (later hooks of a failed pass do nothing).
+    """
+
+    def hook(module: nn.Module, g_inp: Any, g_out: Any) -> None:
+        if failures:
+            return
+        try:
+            hook_run_extensions(module, g_inp, g_out)
+        except Exception as err:
+            failures.append(err)
+
+    return hook
+
+
 @contextmanager
-def attach_hooks(*modules: nn.Module) -> Iterator[None]:
+def attach_hooks(*modules: nn.Module, failures: list[Exception] | None = None) -> Iterator[None]:
     """Install BackPACK's IO and backward hooks on ``modules`` (recursively), then remove them.
 
     Unlike ``backpack.extend`` this leaves nothing behind: the hook handles are ours, and
     the stored inputs/outputs are deleted on exit. Modules already extended by the user
-    with ``backpack.extend`` keep their own hooks and are not hooked twice.
+    with ``backpack.extend`` keep their own hooks and are not hooked twice. With a
+    ``failures`` list, errors of the backward hooks are appended to it instead of raised
+    (:func:`_guarded`).
     """
+    run_extensions = hook_run_extensions if failures is None else _guarded(failures)
     handles: list[torch.utils.hooks.RemovableHandle] = []
     hooked: list[nn.Module] = []
     for root in modules:
@@ -204,7 +226,7 @@ def attach_hooks(*modules: nn.Module) -> Iterator[None]:
             if is_no_op(module) or getattr(module, "_backpack_extend", False):
                 continue
             handles.append(module.register_forward_hook(hook_store_io))
-            handles.append(module.register_full_backward_hook(hook_run_extensions))
+            handles.append(module.register_full_backward_hook(run_extensions))
             hooked.append(module)
     try:
         yield

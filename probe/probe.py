@@ -251,7 +251,8 @@ class Probe:
         if self._armed and not self._quiet and isinstance(output, Tensor):
             self._loss = output.detach()
             first = args[0] if args else None
-            self._batch_size = int(first.shape[0]) if isinstance(first, Tensor) else 0
+            batched = isinstance(first, Tensor) and first.dim() > 0
+            self._batch_size = int(first.shape[0]) if batched else 0  # 0: refused at backward
 
     # -- internals --------------------------------------------------------------------
 

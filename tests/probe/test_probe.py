@@ -7,9 +7,11 @@ and check what it stored through its REST API.
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import signal
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from curvscope.probe import (
     ViViTConfig,
     compute_snapshot,
 )
+from curvscope.probe.extension import factor_form
 from curvscope.probe.spool import Spool
 from curvscope.server.protocol import EventMessage, SnapshotMessage
 from tests.helpers.server_process import ServerProcess, free_port, running_server
@@ -166,6 +169,49 @@ def test_unscheduled_steps_attach_no_backpack_hooks(tmp_path: Path) -> None:
     hooked_steps = [step for step, stored in seen if stored]
     # first step (unknown schedule), then only the steps before 5 and 10 predict "scheduled"
     assert hooked_steps == [0, 5, 10]
+
+
+def _tensors_reachable_from(root: object) -> list[torch.Tensor]:
+    """Tensors reachable from ``root`` through instances, containers and closures."""
+    seen: set[int] = set()
+    found: list[torch.Tensor] = []
+    todo = [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            found.append(obj)
+        elif isinstance(obj, types.FunctionType):  # its closure, not its module's globals
+            todo.extend(cell.cell_contents for cell in obj.__closure__ or ())
+        else:
+            todo.extend(gc.get_referents(obj))
+    return found
+
+
+@pytest.mark.parametrize("eigenvectors", [0, 1])
+def test_nothing_of_a_measured_step_stays_alive_after_it(tmp_path: Path, eigenvectors: int) -> None:
+    model = _mlp()
+    probe = Probe(
+        model,
+        nn.CrossEntropyLoss(),
+        run="mem",
+        url=None,
+        every=2,
+        config=ViViTConfig(eigenvectors=eigenvectors),
+        spool_dir=tmp_path,
+    )
+    hidden: list[torch.Tensor] = []  # the second layer's inputs, held here only
+    handle = model[2].register_forward_hook(lambda m, args, out: hidden.append(args[0]))
+    with factor_form("structured"):  # the linear layers' factors hold their inputs
+        _train(model, 2, probe)  # step 0 measured (with BackPACK's stored inputs), step 1 not
+    handle.remove()
+    held = {t.untyped_storage().data_ptr() for t in hidden}
+    leaked = [t for t in _tensors_reachable_from(probe) if t.untyped_storage().data_ptr() in held]
+    probe.close()
+    assert [s.step for s in _spooled(tmp_path)[0]] == [0]
+    assert leaked == []
 
 
 def test_step_that_was_not_predicted_is_skipped_and_reported(tmp_path: Path) -> None:
@@ -341,6 +387,33 @@ def test_nan_loss_is_reported_and_training_goes_on(tmp_path: Path) -> None:
     assert [s.step for s in snaps] == [0, 2]
     assert [(e.step, e.level) for e in events] == [(1, "error")]
     assert "NonFiniteLossError" in events[0].message
+
+
+def test_a_scalar_call_of_the_loss_does_not_reach_the_loop(tmp_path: Path) -> None:
+    # The loss hook runs inside the user's forward: a call on 0-dim tensors (an extra
+    # penalty term) must not raise there; the step's snapshot fails and is reported.
+    model = _mlp()
+    plain = copy.deepcopy(model)
+    probe = Probe(model, nn.MSELoss(), run="scalar", url=None, every=1, spool_dir=tmp_path)
+    for step in range(2):
+        x, _ = _batch(step)
+        for net in (model, plain):
+            net.zero_grad()
+            out = net(x)
+            loss = probe.loss_fn(out, torch.zeros(8, 3))
+            if step == 1:
+                loss = loss + probe.loss_fn(out.sum(), torch.tensor(0.0))
+            if net is plain:
+                loss.backward()
+                continue
+            with probe(step):
+                loss.backward()
+        for p, q in zip(model.parameters(), plain.parameters(), strict=True):
+            assert torch.equal(p.grad, q.grad)  # the backward ran in full
+    probe.close()
+    snaps, events = _spooled(tmp_path)
+    assert [s.step for s in snaps] == [0]
+    assert [(e.step, e.level) for e in events] == [(1, "error")]
 
 
 def test_strict_mode_raises(tmp_path: Path) -> None:
