@@ -35,7 +35,7 @@ from curvscope.probe.spectrum import nontrivial_eigh
 from curvscope.probe.statistics import gradient_overlap, snr
 from curvscope.probe.validation import check_loss, prepare_model
 
-__all__ = ["ViViTCollector", "resolve_groups"]
+__all__ = ["ViViTCollector", "cuda_devices", "resolve_groups"]
 
 
 def resolve_groups(model: nn.Module, param_groups: object) -> list[tuple[str, list[nn.Parameter]]]:
@@ -142,7 +142,7 @@ class ViViTCollector:
             accepts=lambda p: id(p) in owner,
         )
         seeded = self.config.curvature == "mc" and self.config.seed is not None
-        rng = torch.random.fork_rng(devices=_devices(self.model)) if seeded else nullcontext()
+        rng = torch.random.fork_rng(devices=cuda_devices(self.model)) if seeded else nullcontext()
         with rng, warnings.catch_warnings():
             # BackPACK's full backward hooks fire on the first layer, whose input needs no
             # gradient; PyTorch warns about it, but that is exactly what BackPACK expects.
@@ -227,6 +227,6 @@ class ViViTCollector:
         return spectrum
 
 
-def _devices(model: nn.Module) -> list[int]:
+def cuda_devices(model: nn.Module) -> list[int]:
     """CUDA device indices of the model's parameters (for ``torch.random.fork_rng``)."""
     return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})

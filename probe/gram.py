@@ -31,7 +31,6 @@ class GramAccumulator:
         self.vt_grads: Tensor | None = None
         self.grad_norm_sq: Tensor | None = None
         self.factors: dict[int, Factor] = {}
-        self.seen: set[int] = set()
 
     def add(self, param: nn.Parameter, factor: Factor) -> None:
         """Fold ``factor`` (of one of this group's parameters) into the sums."""
@@ -43,13 +42,8 @@ class GramAccumulator:
             self.gram = self.gram + gram
             self.vt_grads = self.vt_grads + vtg
             self.grad_norm_sq = self.grad_norm_sq + sq
-        self.seen.add(id(param))
         if self.keep_factors:
             self.factors[id(param)] = factor
-
-    def missing(self) -> list[nn.Parameter]:
-        """Parameters of the group that received no factor (not used in the forward pass)."""
-        return [p for p in self.params if id(p) not in self.seen]
 
     def lift(self, coeffs: Tensor) -> list[Tensor]:
         """``V @ coeffs`` per parameter: ``coeffs`` ``[R, K]`` -> list of ``[K, *p.shape]``.

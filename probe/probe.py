@@ -49,12 +49,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from curvscope.probe.collector import ViViTCollector
+from curvscope.probe.collector import ViViTCollector, cuda_devices
 from curvscope.probe.compute import compute_snapshot
 from curvscope.probe.config import ViViTConfig
 from curvscope.probe.errors import ConfigError, NonFiniteLossError
 from curvscope.probe.schedules import Schedule, as_schedule
-from curvscope.probe.spool import Message, Spool
+from curvscope.probe.spool import Spool
 from curvscope.probe.transport import CloseReport, OfflineTransport, Transport, TransportOptions
 from curvscope.probe.validation import batch_size_of
 from curvscope.probe.wire import Mode, encode_event, encode_snapshot
@@ -358,7 +358,7 @@ class Probe:
             loss=loss,
             wall_time=wall_time,
         )
-        self._submit(message)
+        self._sink.submit(message)
 
     def _fail(self, step: int | None, err: Exception) -> None:
         """The failure policy: log and report, or raise when strict."""
@@ -372,12 +372,9 @@ class Probe:
         if level != "error":
             log.warning("curvscope probe: %s", text)
         try:
-            self._submit(encode_event(self.run, text, step=step, level=level))
+            self._sink.submit(encode_event(self.run, text, step=step, level=level))
         except Exception:  # reporting must never be what breaks training
             log.exception("could not report a curvscope event")
-
-    def _submit(self, message: Message) -> None:
-        self._sink.submit(message)
 
     def _at_exit(self) -> None:
         self.close(timeout=10.0)
@@ -405,6 +402,5 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 @contextmanager
 def _untouched(model: nn.Module) -> Iterator[None]:
     """Eval mode (BatchNorm statistics frozen) and a forked RNG (CPU and the model's GPUs)."""
-    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=devices), _eval_mode(model):
+    with torch.random.fork_rng(devices=cuda_devices(model)), _eval_mode(model):
         yield

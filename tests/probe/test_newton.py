@@ -12,7 +12,8 @@ from curvscope.probe import (
     damped_newton_step,
     newton_step,
 )
-from tests.probe.reference import dense_vivit
+from curvscope.probe.snapshot import GroupSpectrum
+from tests.probe.reference import DenseViViT, dense_vivit
 from tests.probe.settings import SETTINGS
 from tests.probe.test_compute import _build
 
@@ -62,12 +63,17 @@ def test_constant_damping_matches_dense_solve(setting, delta: float) -> None:
         assert float((ours - expected).abs().max()) <= 1e-10 * max(cond, 100.0) * scale
 
 
-def test_directional_damping_matches_dense_eigendecomposition() -> None:
-    setting = next(s for s in SETTINGS if s.name == "mlp-mse-sum")
+def _single_group(name: str) -> tuple[GroupSpectrum, DenseViViT]:
+    """The one group of setting ``name`` (factors kept) and its dense reference."""
+    setting = next(s for s in SETTINGS if s.name == name)
     model, x, y, config = _build(setting)
     snap = compute_snapshot(model, setting.loss_fn, x, y, config, keep_factors=True)
     (group,) = snap.groups
-    ref = dense_vivit(model, setting.loss_fn, x, y, group.params)
+    return group, dense_vivit(model, setting.loss_fn, x, y, group.params)
+
+
+def test_directional_damping_matches_dense_eigendecomposition() -> None:
+    group, ref = _single_group("mlp-mse-sum")
     k = group.gammas.shape[1]
     gaps = (ref.eigvals[: k - 1] - ref.eigvals[1:k]).abs()
     assert bool((gaps > 1e-6 * ref.eigvals[0]).all()), "eigenvalues not separated"
@@ -82,11 +88,7 @@ def test_directional_damping_matches_dense_eigendecomposition() -> None:
 
 
 def test_step_is_orthogonal_to_the_flat_space() -> None:
-    setting = next(s for s in SETTINGS if s.name == "mlp-ce-mean")
-    model, x, y, config = _build(setting)
-    snap = compute_snapshot(model, setting.loss_fn, x, y, config, keep_factors=True)
-    (group,) = snap.groups
-    ref = dense_vivit(model, setting.loss_fn, x, y, group.params)
+    group, ref = _single_group("mlp-ce-mean")
     k = group.eigvals.shape[0]
     assert k < ref.eigvals.shape[0], "the setting should have a flat space"
     flat_basis = ref.eigvecs[:, k:]
