@@ -242,7 +242,8 @@ class Probe:
     # -- hooks (run inside the user's forward) ------------------------------------------
 
     def _before_forward(self, module: nn.Module, args: Any) -> None:
-        if self._armed or self._quiet or self._closed or not torch.is_grad_enabled():
+        # A one-layer model armed here would miss its own backward hook (see _ahead).
+        if self._ahead or self._armed or self._quiet or self._closed or not torch.is_grad_enabled():
             return
         if self._next_scheduled():
             self._arm()

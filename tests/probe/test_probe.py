@@ -242,6 +242,31 @@ def test_a_single_layer_model_works_in_loop(tmp_path: Path) -> None:
     assert snaps[0].groups[0].num_params == 15 and len(snaps[0].groups[0].eigvals) > 0
 
 
+def test_a_single_layer_model_is_never_armed_too_late(tmp_path: Path) -> None:
+    # Arming for step 2 fails at the end of step 1 (BatchNorm in training mode); the loop
+    # switches back before step 2's forward. Hooks attached in the forward pre-hook would
+    # miss the layer's backward hook and give an empty snapshot: step 2 is skipped instead.
+    torch.manual_seed(0)
+    model = nn.BatchNorm1d(3).eval()
+    probe = Probe(model, nn.CrossEntropyLoss(), run="late", url=None, every=1, spool_dir=tmp_path)
+    for step in range(4):
+        x, y = _batch(step)
+        loss = probe.loss_fn(model(x[:, :3]), y)
+        with probe(step):
+            loss.backward()
+            if step == 1:
+                model.train()
+        model.eval()
+    probe.close()
+    snaps, events = _spooled(tmp_path)
+    assert [(s.step, len(s.groups[0].eigvals) > 0) for s in snaps] == [
+        (0, True),
+        (1, True),
+        (3, True),
+    ]
+    assert [(e.step, e.level) for e in events] == [(1, "error")]
+
+
 def test_model_needing_the_converter_is_refused_in_loop_but_works_held_out(
     tmp_path: Path,
 ) -> None:
