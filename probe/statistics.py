@@ -19,20 +19,24 @@ def snr(samples: Tensor) -> Tensor:
     Returns:
         ``[K]``; the variance is unbiased (divides by ``N - 1``). Where it is zero, or
         undefined because ``N = 1``, the result is :data:`SNR_UNDEFINED` (``-1``), never
-        NaN or infinity.
+        NaN or infinity. Computed in float64 as ``(mean / std)²`` so that large float32
+        values neither overflow (``mean²`` of 1e20) nor lose the ratio.
     """
     n, k = samples.shape
     if n < 2:
         return torch.full((k,), SNR_UNDEFINED, dtype=samples.dtype, device=samples.device)
-    mean = samples.mean(0)
-    var = samples.var(0, unbiased=True)
-    ok = var > 0
-    safe = torch.where(ok, var, torch.ones_like(var))
-    return torch.where(ok, mean.square() / safe, torch.full_like(var, SNR_UNDEFINED))
+    wide = samples.double()
+    mean = wide.mean(0)
+    std = wide.std(0, unbiased=True)
+    ok = std > 0
+    ratio = mean / torch.where(ok, std, torch.ones_like(std))
+    out = torch.where(ok, ratio.square(), torch.full_like(std, SNR_UNDEFINED))
+    return out.to(samples.dtype)
 
 
 def gradient_overlap(gamma: Tensor, grad_norm_sq: Tensor) -> Tensor:
     """``γ_k² / ‖g‖²`` per direction (zeros when ``g = 0``); sums to at most 1."""
     if float(grad_norm_sq) <= 0:
         return torch.zeros_like(gamma)
-    return gamma.square() / grad_norm_sq
+    wide = gamma.double()
+    return (wide.square() / float(grad_norm_sq)).to(gamma.dtype)
