@@ -291,6 +291,26 @@ def _direction_markers(
     return trace, len(keep)
 
 
+def _direction_figure(
+    snapshot: Snapshot, group: str, title: str, y_title: str, uirevision: str
+) -> tuple[go.Figure, list[float], Mapping[str, Any] | None]:
+    """A log–log figure over λ_k with the group's per-direction statistics.
+
+    Returns ``(fig, λ_k, stats)``; ``stats`` is ``None`` (and the figure says so) when the
+    step has no directions with statistics for this group.
+    """
+    lam, found = _stats(snapshot, group)
+    fig = _figure(
+        title,
+        uirevision,
+        {"type": "log", "title": {"text": "eigenvalue λ_k"}},
+        {"type": "log", "title": {"text": y_title}},
+    )
+    if found is None or not lam:
+        return _note(fig, "no directions at this step"), lam, None
+    return fig, lam, found
+
+
 def snr_figure(snapshot: Snapshot, group: str, *, uirevision: str = "snr") -> go.Figure:
     """SNR(λ_k) and SNR(γ_k) against λ_k (log–log), with the SNR = 1 line.
 
@@ -298,15 +318,11 @@ def snr_figure(snapshot: Snapshot, group: str, *, uirevision: str = "snr") -> go
     SNRs (the sentinel −1: zero per-sample variance) and zeros are left out and counted in
     the legend.
     """
-    lam, found = _stats(snapshot, group)
-    fig = _figure(
-        f"Signal-to-noise ratio — {group}",
-        uirevision,
-        {"type": "log", "title": {"text": "eigenvalue λ_k"}},
-        {"type": "log", "title": {"text": "SNR"}},
+    fig, lam, found = _direction_figure(
+        snapshot, group, f"Signal-to-noise ratio — {group}", "SNR", uirevision
     )
-    if found is None or not lam:
-        return _note(fig, "no directions at this step")
+    if found is None:
+        return fig
     shown = 0
     for i, (label, field, symbol) in enumerate(
         (("SNR(λ_k)", "snr_lambda", "circle"), ("SNR(γ_k)", "snr_gamma", "diamond"))
@@ -339,15 +355,11 @@ def snr_figure(snapshot: Snapshot, group: str, *, uirevision: str = "snr") -> go
 
 def gamma_figure(snapshot: Snapshot, group: str, *, uirevision: str = "gamma") -> go.Figure:
     """|γ_k| against λ_k (log–log): one point per direction k < K' with γ_k ≠ 0."""
-    lam, found = _stats(snapshot, group)
-    fig = _figure(
-        f"Directional gradient |γ_k| — {group}",
-        uirevision,
-        {"type": "log", "title": {"text": "eigenvalue λ_k"}},
-        {"type": "log", "title": {"text": "|γ_k| = |e_kᵀ g|"}},
+    fig, lam, found = _direction_figure(
+        snapshot, group, f"Directional gradient |γ_k| — {group}", "|γ_k| = |e_kᵀ g|", uirevision
     )
-    if found is None or not lam:
-        return _note(fig, "no directions at this step")
+    if found is None:
+        return fig
     gamma = [abs(float(v)) for v in found["gamma"]]
     zero = sum(1 for v in gamma if v == 0)
     trace, _ = _direction_markers(

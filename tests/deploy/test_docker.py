@@ -42,26 +42,20 @@ def _compose() -> dict:
     return yaml.safe_load((REPO / "docker-compose.yml").read_text())
 
 
-def test_hadolint_passes() -> None:
+def _check(tool: str, *args: str) -> None:
+    """Run ``tool`` on the repository's files; it must exit 0."""
     proc = subprocess.run(
-        [_tool("hadolint"), "--failure-threshold", "info", "Dockerfile"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [_tool(tool), *args], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_hadolint_passes() -> None:
+    _check("hadolint", "--failure-threshold", "info", "Dockerfile")
 
 
 def test_compose_file_is_valid() -> None:
-    proc = subprocess.run(
-        [_tool("docker-compose"), "-f", "docker-compose.yml", "config", "-q"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _check("docker-compose", "-f", "docker-compose.yml", "config", "-q")
 
 
 def test_compose_wiring() -> None:
