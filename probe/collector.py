@@ -3,9 +3,9 @@
 Usage (what :func:`~curvscope.probe.compute_snapshot` does)::
 
     collector = ViViTCollector(model, loss_fn, config)
-    with collector.hooks():                 # BackPACK IO hooks for this forward/backward only
-        loss = loss_fn(collector.module(x), y)
-        with collector.backward(len(x)):    # BackPACK active: factors folded into Grams
+    with collector.hooks():                 # the backend observes this forward pass
+        loss = loss_fn(collector.forward(x), y)
+        with collector.backward(len(x)):    # factors folded into the groups' Grams
             loss.backward()
     snapshot = collector.snapshot(loss.item())
 """
@@ -13,14 +13,14 @@ Usage (what :func:`~curvscope.probe.compute_snapshot` does)::
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
 import torch
-from backpack import backpack
 from torch import Tensor, nn
 
+from curvscope.probe.backends import Backend, make_backend
 from curvscope.probe.config import ViViTConfig
 from curvscope.probe.directions import (
     directional_curvatures,
@@ -28,14 +28,24 @@ from curvscope.probe.directions import (
     eigvec_coefficients,
 )
 from curvscope.probe.errors import ConfigError
-from curvscope.probe.extension import FactorExtension, attach_hooks, release_results
 from curvscope.probe.gram import GramAccumulator
 from curvscope.probe.snapshot import GroupSpectrum, Snapshot
 from curvscope.probe.spectrum import nontrivial_eigh
 from curvscope.probe.statistics import gradient_overlap, snr
-from curvscope.probe.validation import check_loss, prepare_model
 
-__all__ = ["ViViTCollector", "cuda_devices", "resolve_groups"]
+__all__ = [
+    "Inputs",
+    "OutputsAdapter",
+    "ViViTCollector",
+    "cuda_devices",
+    "resolve_groups",
+    "untouched_state",
+]
+
+Inputs = Tensor | Sequence[Tensor] | Mapping[str, Any]
+"""A batch's inputs: one tensor, positional tensors, or keyword arguments (batch on dim 0)."""
+OutputsAdapter = Callable[[Any], Tensor]
+"""Maps the model's return value to the loss input (e.g. ``out.logits.transpose(1, 2)``)."""
 
 
 def resolve_groups(model: nn.Module, param_groups: object) -> list[tuple[str, list[nn.Parameter]]]:
@@ -79,18 +89,22 @@ def resolve_groups(model: nn.Module, param_groups: object) -> list[tuple[str, li
 
 
 class ViViTCollector:
-    """Collect the ViViT quantities of a model during one backward pass.
+    """Collect the ViViT quantities of a model during one forward and backward pass.
 
-    The constructor runs every check that needs no data (layers, loss, groups) and raises
-    a :class:`~curvscope.probe.errors.CurvscopeError` before any heavy work.
+    The constructor runs every check that needs no data (backend, layers, loss, groups)
+    and raises a :class:`~curvscope.probe.errors.CurvscopeError` before any heavy work.
 
     Args:
-        model: the network; BatchNorm layers must be in eval mode.
+        model: the network.
         loss_fn: a ``CrossEntropyLoss``, ``MSELoss`` or ``BCEWithLogitsLoss`` instance.
-        config: what to compute.
+        config: what to compute (and with which backend).
         keep_factors: keep the GGN factors after the pass so that
             :meth:`GroupSpectrum.combine` can lift Gram-space vectors (always on when
             ``config.eigenvectors > 0``).
+        outputs: adapter from the model's return value to the loss input (e.g.
+            ``lambda out: out.logits.transpose(1, 2)``); ``None``: the model's output.
+        in_loop: the pass is the user's own (the ``backpack`` backend cannot convert the
+            model then; ``"auto"`` picks ``func`` instead).
     """
 
     def __init__(
@@ -99,33 +113,53 @@ class ViViTCollector:
         loss_fn: nn.Module,
         config: ViViTConfig | None = None,
         keep_factors: bool = False,
+        *,
+        outputs: OutputsAdapter | None = None,
+        in_loop: bool = False,
     ) -> None:
         self.config = config or ViViTConfig()
-        check_loss(loss_fn)
         self.model = model
         self.loss_fn = loss_fn
-        self.module = prepare_model(model)
+        self.outputs = outputs
         self.groups = resolve_groups(model, self.config.param_groups)
+        params = [p for _, group in self.groups for p in group]
+        self.backend: Backend = make_backend(
+            model, loss_fn, self.config, params, in_loop=in_loop, adapted=outputs is not None
+        )
         self.keep_factors = keep_factors or self.config.eigenvectors > 0
         self._accumulators: list[GramAccumulator] = []
         self._subsampling: list[int] | None = None
         self._batch_size = 0
-        self._failures: list[Exception] = []  # errors of the BackPACK hooks in a pass
+
+    @property
+    def module(self) -> nn.Module:
+        """The module whose forward pass is measured (BackPACK's converted one, if needed)."""
+        return getattr(self.backend, "module", self.model)
 
     @property
     def needs_conversion(self) -> bool:
         """Whether the forward pass must run through BackPACK's converted module."""
         return self.module is not self.model
 
+    def forward(self, inputs: Inputs) -> Tensor:
+        """The loss input for ``inputs``: a tensor, a tuple (positional) or a dict (keywords)."""
+        if isinstance(inputs, dict):
+            out = self.module(**inputs)
+        elif isinstance(inputs, (tuple, list)):
+            out = self.module(*inputs)
+        else:
+            out = self.module(inputs)
+        return out if self.outputs is None else self.outputs(out)
+
     def hooks(self) -> AbstractContextManager[None]:
-        """BackPACK's IO and backward hooks on the model and the loss, removed on exit."""
-        return attach_hooks(self.module, self.loss_fn, failures=self._failures)
+        """The backend's observers of the forward pass and the loss, removed on exit."""
+        return self.backend.hooks()
 
     @contextmanager
     def backward(self, batch_size: int) -> Iterator[None]:
-        """Activate the factor extension for the ``loss.backward()`` run inside.
+        """Collect the factors of the ``loss.backward()`` run inside.
 
-        An error inside the extension does not abort the backward pass (the gradients are
+        An error of the backend does not abort the user's backward pass (the gradients are
         still computed in full); it is raised on exit from this context instead.
         """
         self._subsampling = self.config.subsample_indices(batch_size)
@@ -134,33 +168,14 @@ class ViViTCollector:
             GramAccumulator(name, params, self.keep_factors) for name, params in self.groups
         ]
         owner = {id(p): acc for acc in self._accumulators for p in acc.params}
-        extension = FactorExtension(
-            self.config.curvature,
-            self.config.mc_samples,
-            self._subsampling,
-            sink=lambda p, factor: owner[id(p)].add(p, factor),
-            accepts=lambda p: id(p) in owner,
-        )
-        seeded = self.config.curvature == "mc" and self.config.seed is not None
-        rng = torch.random.fork_rng(devices=cuda_devices(self.model)) if seeded else nullcontext()
-        with rng, warnings.catch_warnings():
-            # BackPACK's full backward hooks fire on the first layer, whose input needs no
-            # gradient; PyTorch warns about it, but that is exactly what BackPACK expects.
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            if seeded:
-                torch.manual_seed(self.config.seed)
-            self._failures.clear()
-            try:
-                with backpack(extension.backpack_extension):
-                    yield
-                if self._failures:
-                    raise self._failures[0]
-            except BaseException:
-                self._accumulators = []  # no snapshot follows a failed pass
-                raise
-            finally:
-                self._failures.clear()
-                release_results(self.module)
+        try:
+            with self.backend.backward(
+                self._subsampling, batch_size, lambda p, factor: owner[id(p)].add(p, factor)
+            ):
+                yield
+        except BaseException:
+            self._accumulators = []  # no snapshot follows a failed pass
+            raise
 
     def snapshot(self, loss: float) -> Snapshot:
         """Turn the accumulated Gram matrices into the snapshot's spectra and statistics.
@@ -170,7 +185,9 @@ class ViViTCollector:
         """
         accumulators, self._accumulators = self._accumulators, []
         groups = [self._group_spectrum(acc) for acc in accumulators]
-        return Snapshot(loss=loss, batch_size=self._batch_size, groups=groups)
+        return Snapshot(
+            loss=loss, batch_size=self._batch_size, groups=groups, backend=self.backend.name
+        )
 
     def _group_spectrum(self, acc: GramAccumulator) -> GroupSpectrum:
         n = self._batch_size
@@ -191,9 +208,9 @@ class ViViTCollector:
                 empty,
                 0.0,
             )
-        # Curvature from a subset, with the loss's own reduction on that subset: BackPACK
-        # keeps the full batch's 1/N, the subset's mean needs 1/M, so V scales by √(N/M).
-        scale = n / m if (self.loss_fn.reduction == "mean" and m != n) else 1.0
+        # Curvature from a subset, with the loss's own reduction on that subset (BackPACK
+        # keeps the full batch's 1/N, the subset's mean needs 1/M: V scales by √(N/M)).
+        scale = self.backend.curvature_scale(n, m) if m != n else 1.0
         gram, vt_grads = acc.gram * scale, acc.vt_grads * math.sqrt(scale)
         eigvals, eigvecs = nontrivial_eigh(gram, self.config.eig_rtol)
         top = eigvals.shape[0] if self.config.top_k is None else self.config.top_k
@@ -230,3 +247,16 @@ class ViViTCollector:
 def cuda_devices(model: nn.Module) -> list[int]:
     """CUDA device indices of the model's parameters (for ``torch.random.fork_rng``)."""
     return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
+@contextmanager
+def untouched_state(model: nn.Module) -> Iterator[None]:
+    """The model's buffers (BatchNorm statistics) and the RNG state restored on exit."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    with torch.random.fork_rng(devices=cuda_devices(model)):
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)

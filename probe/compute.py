@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor, nn
 
-from curvscope.probe.collector import ViViTCollector
+from curvscope.probe.collector import Inputs, OutputsAdapter, ViViTCollector, untouched_state
 from curvscope.probe.config import ViViTConfig
 from curvscope.probe.errors import BatchSizeMismatchError, NonFiniteLossError
 from curvscope.probe.snapshot import Snapshot
@@ -18,35 +18,41 @@ __all__ = ["compute_snapshot"]
 def compute_snapshot(
     model: nn.Module,
     loss_fn: nn.Module,
-    inputs: Tensor,
+    inputs: Inputs,
     targets: Tensor,
     config: ViViTConfig | None = None,
     *,
     keep_factors: bool = False,
+    outputs: OutputsAdapter | None = None,
 ) -> Snapshot:
-    """Compute a ViViT snapshot of ``model`` on one batch, in one backward pass.
+    """Compute a ViViT snapshot of ``model`` on one batch, with one forward pass.
 
-    Runs ``loss_fn(model(inputs), targets)`` forward and backward once with BackPACK and
-    returns the non-trivial GGN spectrum of every parameter group with the per-sample
-    directional gradients and curvatures along its eigenvectors and their statistics.
+    Runs ``loss_fn(outputs(model(inputs)), targets)`` once and returns the non-trivial GGN
+    spectrum of every parameter group with the per-sample directional gradients and
+    curvatures along its eigenvectors and their statistics.
 
     Args:
-        model: the network (BatchNorm in eval mode; BackPACK-supported layers).
+        model: the network, in whatever mode it is in (BatchNorm in training mode uses
+            the batch's statistics: samples are coupled, see docs/maths.md; dropout draws
+            its masks from the RNG, whose state is restored afterwards).
         loss_fn: ``nn.CrossEntropyLoss``, ``nn.MSELoss`` or ``nn.BCEWithLogitsLoss``
             with ``reduction="mean"`` or ``"sum"``.
-        inputs: ``[N, *]`` batch of inputs; targets: ``[N, *]`` matching targets.
-        config: what to compute (default: exact curvature, one group, all directions).
+        inputs: a tensor ``[N, *]``, a tuple of tensors (positional arguments) or a dict
+            (keyword arguments), batch on dim 0; targets: ``[N, *]`` matching targets.
+        config: what to compute (default: exact curvature, one group, all directions,
+            backend ``"auto"``).
         keep_factors: keep the GGN factors so that :meth:`GroupSpectrum.combine` works.
+        outputs: adapter from the model's return value to the loss input.
 
     Returns:
-        The snapshot. The model's ``p.grad`` are left exactly as they were, and nothing
-        stays attached to the model.
+        The snapshot. The model's ``p.grad``, buffers (running statistics), modes and the
+        RNG state are left exactly as they were, and nothing stays attached to the model.
 
     Raises:
         CurvscopeError: an unsupported layer, loss or configuration, or a bad batch,
             before any heavy work; :class:`NonFiniteLossError` if the loss is NaN/inf.
     """
-    collector = ViViTCollector(model, loss_fn, config, keep_factors=keep_factors)
+    collector = ViViTCollector(model, loss_fn, config, keep_factors, outputs=outputs)
     n = batch_size_of(inputs, targets)
     collector.config.subsample_indices(n)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -54,18 +60,21 @@ def compute_snapshot(
     for p in params:
         p.grad = None
     try:
-        with collector.hooks():
-            outputs = collector.module(inputs)
-            if outputs.dim() == 0 or outputs.shape[0] != n:
+        with untouched_state(model), collector.hooks():
+            out = collector.forward(inputs)
+            if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != n:
+                shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                 raise BatchSizeMismatchError(
-                    f"the model returned {tuple(outputs.shape)} for a batch of {n} samples"
+                    f"the model returned {shape} for a batch of {n} samples"
+                    + ("" if isinstance(out, Tensor) else "; pass outputs= to pick the tensor")
                 )
-            loss = loss_fn(outputs, targets)
+            loss = loss_fn(out, targets)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"the loss is {value}; no snapshot computed")
             with collector.backward(n):
-                loss.backward()
+                if collector.backend.needs_loss_backward:
+                    loss.backward()
         return collector.snapshot(value)
     finally:
         for p, grad in zip(params, saved_grads, strict=True):

@@ -33,7 +33,12 @@ class ViViTConfig:
         per_sample: also send the per-sample ``gammas``/``lambdas`` matrices on the wire.
         eig_rtol: relative eigenvalue cutoff; ``None`` means ``R · eps(dtype)`` where R is
             the Gram matrix's size. Eigenvalues ``<= eig_rtol · λ_max`` are discarded.
-        seed: seed of the Monte-Carlo sampling (``None``: the global torch RNG).
+        seed: seed of the Monte-Carlo sampling (``None``: the global torch RNG for the
+            ``backpack`` backend, a fresh private generator for ``func``).
+        backend: ``"backpack"`` (BackPACK's extensions: the fast path for the layers it
+            supports), ``"func"`` (autograd: any model of differentiable torch operations,
+            BatchNorm in training mode, position-wise losses, loss weights) or ``"auto"``
+            (BackPACK where it can follow the model, loss and forward pass, else ``func``).
     """
 
     curvature: Literal["exact", "mc"] = "exact"
@@ -45,8 +50,11 @@ class ViViTConfig:
     per_sample: bool = False
     eig_rtol: float | None = None
     seed: int | None = field(default=None)
+    backend: Literal["auto", "backpack", "func"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.backend not in ("auto", "backpack", "func"):
+            raise ConfigError(f"backend must be 'auto', 'backpack' or 'func', got {self.backend!r}")
         if self.curvature not in ("exact", "mc"):
             raise ConfigError(f"curvature must be 'exact' or 'mc', got {self.curvature!r}")
         if isinstance(self.mc_samples, bool) or not isinstance(self.mc_samples, int):

@@ -6,6 +6,7 @@ __all__ = [
     "BatchNormTrainingError",
     "BatchSizeMismatchError",
     "ConfigError",
+    "CostError",
     "CurvscopeError",
     "NonFiniteLossError",
     "UnsupportedLayerError",
@@ -19,6 +20,10 @@ class CurvscopeError(Exception):
 
 class ConfigError(CurvscopeError, ValueError):
     """A :class:`~curvscope.probe.ViViTConfig` value is invalid for this model or batch."""
+
+
+class CostError(ConfigError):
+    """The snapshot asked for would not fit: the message says its size and what to change."""
 
 
 class UnsupportedLayerError(CurvscopeError, TypeError):

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from backpack import hook_run_extensions, hook_store_io, memory_cleanup
@@ -24,7 +23,15 @@ from backpack.utils.module_classification import is_no_op
 from torch import Tensor, nn
 
 from curvscope.probe.conv_factors import conv_bias_factor, conv_weight_factor
-from curvscope.probe.factors import ExpandedFactor, Factor, OuterProductFactor, prefer_structured
+from curvscope.probe.factors import (
+    ExpandedFactor,
+    Factor,
+    FactorForm,
+    OuterProductFactor,
+    current_form,
+    factor_form,
+    prefer_structured,
+)
 
 __all__ = [
     "LAYER_HANDLERS",
@@ -40,28 +47,6 @@ Sink = Callable[[nn.Parameter, Factor], None]
 _SAVEFIELD = "_curvscope_unused"
 
 
-FactorForm = Literal["auto", "structured", "expanded", "backpack"]
-_FORM: ContextVar[FactorForm] = ContextVar("curvscope_factor_form", default="auto")
-
-
-@contextmanager
-def factor_form(form: FactorForm) -> Iterator[None]:
-    """Force the form of every factor built inside (tests and benchmarks).
-
-    ``"auto"`` (the default) lets :func:`~curvscope.probe.factors.prefer_structured`
-    choose per layer; ``"structured"`` uses the structured form wherever a handler has
-    one; ``"expanded"`` expands every weight (with the handler's own expansion where it
-    has one, e.g. convolutions); ``"backpack"`` always uses BackPACK's generic expansion.
-    """
-    if form not in get_args(FactorForm):
-        raise ValueError(f"unknown factor form {form!r}")
-    token = _FORM.set(form)
-    try:
-        yield
-    finally:
-        _FORM.reset(token)
-
-
 def _linear_factor(
     ext: SqrtGGN,
     module: nn.Linear,
@@ -70,7 +55,7 @@ def _linear_factor(
     backproped: Tensor,
 ) -> Factor | None:
     """Structured factor of ``nn.Linear`` (extra input dimensions become positions T)."""
-    form = _FORM.get()
+    form = current_form()
     if form in ("expanded", "backpack"):
         return None
     a = module.input0
@@ -97,7 +82,7 @@ def _conv_factor(
     backproped: Tensor,
 ) -> Factor | None:
     """Factor of a convolution's weight or bias (:mod:`curvscope.probe.conv_factors`)."""
-    form = _FORM.get()
+    form = current_form()
     if form == "backpack":
         return None
     if param_name == "bias":

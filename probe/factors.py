@@ -22,11 +22,48 @@ A bias is the same with ``a = 1``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-__all__ = ["ExpandedFactor", "Factor", "OuterProductFactor"]
+__all__ = [
+    "ExpandedFactor",
+    "Factor",
+    "FactorForm",
+    "OuterProductFactor",
+    "current_form",
+    "factor_form",
+]
+
+FactorForm = Literal["auto", "structured", "expanded", "backpack"]
+_FORM: ContextVar[FactorForm] = ContextVar("curvscope_factor_form", default="auto")
+
+
+@contextmanager
+def factor_form(form: FactorForm) -> Iterator[None]:
+    """Force the form of every factor built inside (tests and benchmarks).
+
+    ``"auto"`` (the default) lets :func:`~curvscope.probe.factors.prefer_structured`
+    choose per layer; ``"structured"`` uses the structured form wherever a handler has
+    one; ``"expanded"`` expands every weight (with the handler's own expansion where it
+    has one, e.g. convolutions); ``"backpack"`` always uses BackPACK's generic expansion.
+    """
+    if form not in get_args(FactorForm):
+        raise ValueError(f"unknown factor form {form!r}")
+    token = _FORM.set(form)
+    try:
+        yield
+    finally:
+        _FORM.reset(token)
+
+
+def current_form() -> FactorForm:
+    """The form forced by the innermost :func:`factor_form` (``"auto"`` outside)."""
+    return _FORM.get()
 
 
 class Factor(ABC):

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from curvscope.probe.collector import ViViTCollector, cuda_devices
+from curvscope.probe.collector import Inputs, OutputsAdapter, ViViTCollector, cuda_devices
 from curvscope.probe.compute import compute_snapshot
 from curvscope.probe.config import ViViTConfig
 from curvscope.probe.errors import ConfigError, NonFiniteLossError
@@ -87,6 +87,8 @@ class Probe:
             created when first needed and named in the log).
         strict: let errors inside the probe propagate (for debugging) instead of logging
             and reporting them.
+        outputs: adapter from the model's return value to the loss input, for the
+            held-out batch (in-loop mode measures whatever the loop passes to ``loss_fn``).
         transport_options: queue size, timeouts and backoff of the sender.
 
     Raises:
@@ -106,6 +108,7 @@ class Probe:
         spool_dir: str | os.PathLike[str] | None = None,
         strict: bool = False,
         *,
+        outputs: OutputsAdapter | None = None,
         transport_options: TransportOptions | None = None,
     ) -> None:
         if len(run) > MAX_RUN_NAME_LENGTH or not re.fullmatch(RUN_NAME_PATTERN, run):
@@ -122,15 +125,19 @@ class Probe:
         self.schedule = as_schedule(every)
         self.strict = strict
         self.mode: Mode = "in-loop" if monitor_batch is None else "held-out"
-        self._monitor: tuple[Tensor, Tensor] | None = None
+        self._monitor: tuple[Inputs, Tensor] | None = None
+        self._outputs = outputs
         self._collector: ViViTCollector | None = None
         if monitor_batch is None:
             self._collector = self._checked_collector()
+            self.backend = self._collector.backend.name
         else:
             inputs, targets = monitor_batch
             self.config.subsample_indices(batch_size_of(inputs, targets))
-            with _eval_mode(model):
-                ViViTCollector(model, loss_fn, self.config)  # the up-front checks only
+            with _eval_mode(model):  # the up-front checks only
+                self.backend = ViViTCollector(
+                    model, loss_fn, self.config, outputs=outputs
+                ).backend.name
             self._monitor = (inputs, targets)
         self._structure = _structure(model)
 
@@ -162,9 +169,9 @@ class Probe:
             model.register_forward_pre_hook(self._before_forward),
             loss_fn.register_forward_hook(self._after_loss),
         ]
-        # A model that is itself one layer gets its backward hook only if it is attached
-        # before its forward starts: attach one step ahead instead of in the pre-hook.
-        self._ahead = next(model.children(), None) is None
+        # A backend whose hooks must be in place before the forward starts (BackPACK on a
+        # model that is itself one layer) is attached one step ahead, not in the pre-hook.
+        self._ahead = self._collector is not None and self._collector.backend.early_hooks
         if self._ahead:
             self._arm()
         atexit.register(self._at_exit)
@@ -294,15 +301,7 @@ class Probe:
             hooks.close()
 
     def _checked_collector(self) -> ViViTCollector:
-        collector = ViViTCollector(self.model, self.loss_fn, self.config)
-        if collector.needs_conversion:
-            raise ConfigError(
-                f"{type(self.model).__name__}'s forward pass needs BackPACK's module converter "
-                "(it uses +, *, flatten or similar between layers), so it cannot be measured "
-                "in the training loop's own backward pass; pass monitor_batch=(X, y) to "
-                "measure on a held-out batch instead"
-            )
-        return collector
+        return ViViTCollector(self.model, self.loss_fn, self.config, in_loop=True)
 
     def _begin_backward(self, step: int) -> None:
         """In-loop: turn the BackPACK extension on for the user's ``loss.backward()``."""
@@ -345,7 +344,7 @@ class Probe:
             try:
                 with _untouched(self.model):
                     snapshot = compute_snapshot(
-                        self.model, self.loss_fn, *self._monitor, self.config
+                        self.model, self.loss_fn, *self._monitor, self.config, outputs=self._outputs
                     )
             finally:
                 self._quiet = False

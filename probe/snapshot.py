@@ -82,8 +82,10 @@ class Snapshot:
         loss: the batch loss.
         batch_size: N.
         groups: one :class:`GroupSpectrum` per parameter group.
+        backend: the curvature backend that computed it (``"backpack"`` or ``"func"``).
     """
 
     loss: float
     batch_size: int
     groups: list[GroupSpectrum]
+    backend: str = "backpack"

@@ -125,16 +125,32 @@ def prepare_model(model: nn.Module) -> nn.Module:
     return converted
 
 
-def batch_size_of(inputs: Tensor, targets: Tensor) -> int:
-    """The batch size N shared by ``inputs`` and ``targets`` (dimension 0)."""
-    if not isinstance(inputs, Tensor) or not isinstance(targets, Tensor):
-        raise TypeError("inputs and targets must be tensors")
-    if inputs.dim() == 0 or targets.dim() == 0:
-        raise BatchSizeMismatchError("inputs and targets need a batch dimension (dimension 0)")
-    if inputs.shape[0] != targets.shape[0]:
-        raise BatchSizeMismatchError(
-            f"inputs have {inputs.shape[0]} samples but targets have {targets.shape[0]}"
+def batch_size_of(inputs: object, targets: Tensor) -> int:
+    """The batch size N shared by ``inputs`` and ``targets`` (dimension 0).
+
+    ``inputs`` is a tensor, a tuple/list of tensors or a dict of tensors (other values in
+    a tuple or dict, such as flags, are ignored); each tensor's dimension 0 must be N.
+    """
+    if isinstance(inputs, dict):
+        tensors = [v for v in inputs.values() if isinstance(v, Tensor)]
+    elif isinstance(inputs, (tuple, list)):
+        tensors = [v for v in inputs if isinstance(v, Tensor)]
+    else:
+        tensors = [inputs] if isinstance(inputs, Tensor) else []
+    if not tensors or not isinstance(targets, Tensor):
+        raise TypeError(
+            "inputs must be a tensor, a tuple of tensors or a dict of tensors, and targets a tensor"
         )
-    if inputs.shape[0] == 0:
+    if any(t.dim() == 0 for t in tensors) or targets.dim() == 0:
+        raise BatchSizeMismatchError("inputs and targets need a batch dimension (dimension 0)")
+    sizes = {int(t.shape[0]) for t in tensors}
+    if len(sizes) > 1:
+        raise BatchSizeMismatchError(
+            f"the input tensors disagree on the batch size: {sorted(sizes)}"
+        )
+    n = sizes.pop()
+    if n != targets.shape[0]:
+        raise BatchSizeMismatchError(f"inputs have {n} samples but targets have {targets.shape[0]}")
+    if n == 0:
         raise BatchSizeMismatchError("the batch is empty")
-    return int(inputs.shape[0])
+    return n

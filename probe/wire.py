@@ -101,7 +101,7 @@ def encode_snapshot(
             wall_time=time.time() if wall_time is None else wall_time,
             loss=loss,
             batch_size=snapshot.batch_size,
-            config=ConfigPayload(**config.to_wire(), mode=mode),
+            config=ConfigPayload(**config.to_wire(), mode=mode, backend=snapshot.backend),
             groups=groups,
         )
     except ValueError as err:  # pydantic.ValidationError is a ValueError

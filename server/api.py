@@ -28,6 +28,7 @@ from curvscope.server.params import (
     check_max_points,
 )
 from curvscope.server.protocol import (
+    DEFAULT_BACKEND,
     MAX_STEP,
     SCHEMA_VERSION,
     ConfigPayload,
@@ -171,9 +172,12 @@ CSV_COLUMNS = (
     "snr_gamma",
     "snr_lambda",
     "grad_overlap",
+    "backend",
 )
 """CSV export: one row per (snapshot, group, direction k < K); the statistics columns are
-empty for directions k >= K' (beyond ``top_k``). Per-sample matrices are JSON-only."""
+empty for directions k >= K' (beyond ``top_k``). ``backend`` is the snapshot's
+``config.backend`` (last, so that the earlier columns keep their positions). Per-sample
+matrices are JSON-only."""
 
 
 def _csv_rows(records: Iterator[SnapshotRecord]) -> Iterator[str]:
@@ -183,6 +187,7 @@ def _csv_rows(records: Iterator[SnapshotRecord]) -> Iterator[str]:
     for record in records:
         snap = record.to_dict()
         head = [snap["run"], snap["step"], snap["wall_time"], record.received_at, snap["loss"]]
+        backend = snap.get("config", {}).get("backend", DEFAULT_BACKEND)
         for group in snap["groups"]:
             k_stats = len(group["gamma"])
             for k, eigval in enumerate(group["eigvals"]):
@@ -201,6 +206,7 @@ def _csv_rows(records: Iterator[SnapshotRecord]) -> Iterator[str]:
                         k,
                         eigval,
                         *stats,
+                        backend,
                     ]
                 )
         yield buffer.getvalue()

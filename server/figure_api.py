@@ -31,6 +31,7 @@ from curvscope.server.params import (
     check_max_points,
     is_run_name,
 )
+from curvscope.server.protocol import DEFAULT_BACKEND
 from curvscope.server.store import LightSnapshot, RunSummary, Store, downsample_indices
 
 __all__ = ["DEFAULT_MAX_POINTS", "router", "run_view_data"]
@@ -126,6 +127,7 @@ def _step_groups(
 ) -> tuple[int, list[dict[str, Any]]]:
     """The shown step and, per group, its per-step figures and facts."""
     current, first, latest = _step_snapshots(store, run, steps, step)
+    backend = current.get("config", {}).get("backend", DEFAULT_BACKEND)
     out = []
     for name in _groups_of(current, latest):
         group = figures.find_group(current, name) or {}
@@ -136,6 +138,7 @@ def _step_groups(
                 "k": len(group.get("eigvals", ())),
                 "k_stats": len(group.get("gamma", ())),
                 "grad_norm_sq": group.get("grad_norm_sq"),
+                "backend": backend,
                 "figures": figures.step_figures(
                     current, name, first=first, latest=latest, overlay=overlay, mode=mode, run=run
                 ),
@@ -160,8 +163,8 @@ def run_view_data(
     Keys: ``run`` (summary), ``step``, ``steps`` (every stored step, for the slider),
     ``series_points`` (snapshots in the plots over steps), ``downsampled`` (fewer than all),
     ``events`` (errors and warnings), ``loss`` (figure), ``groups`` (per group: ``name,
-    num_params, k, k_stats, grad_norm_sq`` and ``figures`` with ``density, snr, gamma,
-    overlap, eigvals``).
+    num_params, k, k_stats, grad_norm_sq, backend`` (the shown snapshot's
+    ``config.backend``) and ``figures`` with ``density, snr, gamma, overlap, eigvals``).
 
     Raises:
         LookupError: no such run, or no snapshot at ``step``.

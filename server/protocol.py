@@ -28,6 +28,7 @@ __all__ = [
     "CLOSE_UNAUTHORIZED",
     "CLOSE_UNSUPPORTED_DATA",
     "CLOSE_UNSUPPORTED_SCHEMA",
+    "DEFAULT_BACKEND",
     "MAX_RUN_NAME_LENGTH",
     "MAX_STEP",
     "RUN_NAME_PATTERN",
@@ -35,6 +36,7 @@ __all__ = [
     "SNR_UNDEFINED",
     "AckMessage",
     "ConfigPayload",
+    "CurvatureBackend",
     "ErrorMessage",
     "EventMessage",
     "GroupPayload",
@@ -49,6 +51,13 @@ SCHEMA_VERSION = 1
 
 SNR_UNDEFINED = -1.0
 """SNR sentinel: the per-sample variance is zero (or undefined because N = 1)."""
+
+CurvatureBackend = Literal["backpack", "func"]
+"""The probe's curvature backends: ``backpack`` (BackPACK's backward hooks) or ``func`` (the
+probe's BackPACK-free implementation)."""
+DEFAULT_BACKEND: CurvatureBackend = "backpack"
+"""``config.backend`` of a snapshot that does not say: probes older than the field all used
+BackPACK."""
 
 # Websocket close codes used by the server (1xxx: RFC 6455; 4xxx: curvscope's own).
 # A probe should not retry on CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN_ORIGIN or
@@ -105,6 +114,9 @@ class ConfigPayload(_Message):
     eigenvectors: int = Field(0, ge=0)
     per_sample: bool = False
     mode: Literal["in-loop", "held-out", "function"] = "function"
+    backend: CurvatureBackend = DEFAULT_BACKEND
+    """The curvature backend that computed the snapshot (:data:`CurvatureBackend`); absent
+    from older probes' messages, which all used BackPACK."""
 
 
 class GroupPayload(_Message):

@@ -100,7 +100,7 @@ def render_report(store: Store, run: str, *, max_points: int = 500, overlay: str
         body.append(
             f"<h2>Parameter group: {html.escape(group['name'])}</h2>"
             f'<p class="meta">{group["num_params"]} parameters, K = {group["k"]}, '
-            f"K' = {group['k_stats']}</p>"
+            f"K' = {group['k_stats']}, backend {html.escape(str(group['backend']))}</p>"
         )
         divs = []
         for name in ("density", "eigvals", "snr", "gamma", "overlap"):

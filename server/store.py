@@ -240,6 +240,17 @@ _MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "CREATE INDEX events_by_run ON events (run, id)",
         ),
     ),
+    (
+        2,
+        # ``config.backend`` (the curvature backend) joined the wire; every snapshot stored
+        # before it was computed by BackPACK. json_set keeps each number's original text,
+        # so the rest of the payload reads back exactly as it was.
+        (
+            """UPDATE snapshots
+                SET payload = json_set(payload, '$.config.backend', 'backpack')
+                WHERE json_type(payload, '$.config.backend') IS NULL""",
+        ),
+    ),
 ]
 """Schema migrations ``(version, statements)``; append, never edit a released one."""
 

@@ -258,7 +258,7 @@ export class RunView {
     data.loss.layout.shapes = [stepLine(this.step)];
     for (const group of data.groups) group.figures.eigvals.layout.shapes = [stepLine(this.step)];
     await Promise.all([
-      this.drawFigures(data.groups, true),
+      this.drawFigures(data.groups),
       this.plot("loss", "run").then((el) => draw(el, data.loss, `${this.run}-loss`)),
     ]);
     this.finish();
@@ -267,7 +267,7 @@ export class RunView {
   async loadStep() {
     const step = this.step;
     const data = await api.stepFigures(this.run, this.query({ step }));
-    this.drawFigures(data.groups, false);
+    this.drawFigures(data.groups);
     this.markStep();
     this.finish();
   }
@@ -391,17 +391,20 @@ export class RunView {
     return el;
   }
 
-  drawFigures(groups, all) {
+  drawFigures(groups) {
     const jobs = [];
     for (const group of groups) {
       for (const [name, figure] of Object.entries(group.figures)) {
         jobs.push(this.plot(name, group.name).then((el) => draw(el, figure, `${this.run}-${group.name}-${name}`)));
       }
+      // the facts of the shown step (the slider's requests carry them too: K, ‖g‖² and the
+      // backend may change from step to step)
       const section = this.body.querySelector(`section[data-group="${CSS.escape(group.name)}"]`);
-      if (section && all) {
+      if (section) {
         section.querySelector(".meta").textContent =
           `${group.num_params ?? "?"} parameters · K = ${group.k} non-zero eigenvalues · ` +
-          `statistics for the top K' = ${group.k_stats} · ‖g‖² = ${Number(group.grad_norm_sq).toPrecision(3)}`;
+          `statistics for the top K' = ${group.k_stats} · ‖g‖² = ${Number(group.grad_norm_sq).toPrecision(3)}` +
+          (group.backend ? ` · backend ${group.backend}` : "");
       }
     }
     return Promise.all(jobs);

@@ -41,11 +41,15 @@ def _batch(n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 4), torch.randint(0, 2, (n,))
 
 
+BACKPACK = ViViTConfig(backend="backpack")
+"""What BackPACK refuses, it refuses up front (``"auto"`` takes the ``func`` backend)."""
+
+
 def test_unsupported_layer_names_class_and_path() -> None:
     model = nn.Sequential(nn.Linear(4, 3), nn.Sequential(nn.GELU(), nn.Linear(3, 2)))
     counter = CountForwards(model)
     with pytest.raises(UnsupportedLayerError, match=r"GELU at '1\.0'") as info:
-        compute_snapshot(model, nn.CrossEntropyLoss(), *_batch())
+        compute_snapshot(model, nn.CrossEntropyLoss(), *_batch(), BACKPACK)
     assert (info.value.path, info.value.layer) == ("1.0", "GELU")
     assert counter.calls == 0
 
@@ -54,7 +58,7 @@ def test_functional_op_the_converter_cannot_follow() -> None:
     model = Functional()
     counter = CountForwards(model)
     with pytest.raises(UnsupportedLayerError, match="gelu"):
-        compute_snapshot(model, nn.CrossEntropyLoss(), *_batch())
+        compute_snapshot(model, nn.CrossEntropyLoss(), *_batch(), BACKPACK)
     assert counter.calls == 0
 
 
@@ -62,7 +66,7 @@ def test_batchnorm_in_training_mode() -> None:
     model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2)).train()
     counter = CountForwards(model)
     with pytest.raises(BatchNormTrainingError, match=r"BatchNorm1d at '1'.*eval"):
-        compute_snapshot(model, nn.CrossEntropyLoss(), *_batch())
+        compute_snapshot(model, nn.CrossEntropyLoss(), *_batch(), BACKPACK)
     assert counter.calls == 0
 
 
@@ -72,16 +76,29 @@ def test_batchnorm_in_training_mode() -> None:
         (nn.NLLLoss(), "NLLLoss is not supported"),
         (lambda out, y: F.cross_entropy(out, y), "function is not supported"),
         (nn.CrossEntropyLoss(reduction="none"), "reduction='none'"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["auto", "func", "backpack"])
+def test_unsupported_losses(loss_fn: object, match: str, backend: str) -> None:
+    model = nn.Sequential(nn.Linear(4, 2))
+    counter = CountForwards(model)
+    with pytest.raises(UnsupportedLossError, match=match):
+        compute_snapshot(model, loss_fn, *_batch(), ViViTConfig(backend=backend))  # type: ignore[arg-type]
+    assert counter.calls == 0
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "match"),
+    [
         (nn.CrossEntropyLoss(label_smoothing=0.1), "label smoothing"),
         (nn.CrossEntropyLoss(weight=torch.ones(2)), "class weights"),
     ],
 )
-def test_unsupported_losses(loss_fn: object, match: str) -> None:
+def test_losses_only_the_func_backend_supports(loss_fn: nn.Module, match: str) -> None:
     model = nn.Sequential(nn.Linear(4, 2))
-    counter = CountForwards(model)
     with pytest.raises(UnsupportedLossError, match=match):
-        compute_snapshot(model, loss_fn, *_batch())  # type: ignore[arg-type]
-    assert counter.calls == 0
+        compute_snapshot(model, loss_fn, *_batch(), BACKPACK)
+    assert compute_snapshot(model, loss_fn, *_batch()).backend == "func"
 
 
 def test_mismatched_batch_sizes() -> None:

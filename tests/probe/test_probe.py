@@ -248,7 +248,15 @@ def test_a_single_layer_model_is_never_armed_too_late(tmp_path: Path) -> None:
     # miss the layer's backward hook and give an empty snapshot: step 2 is skipped instead.
     torch.manual_seed(0)
     model = nn.BatchNorm1d(3).eval()
-    probe = Probe(model, nn.CrossEntropyLoss(), run="late", url=None, every=1, spool_dir=tmp_path)
+    probe = Probe(
+        model,
+        nn.CrossEntropyLoss(),
+        run="late",
+        url=None,
+        every=1,
+        spool_dir=tmp_path,
+        config=ViViTConfig(backend="backpack"),
+    )
     for step in range(4):
         x, y = _batch(step)
         loss = probe.loss_fn(model(x[:, :3]), y)
@@ -267,9 +275,7 @@ def test_a_single_layer_model_is_never_armed_too_late(tmp_path: Path) -> None:
     assert [(e.step, e.level) for e in events] == [(1, "error")]
 
 
-def test_model_needing_the_converter_is_refused_in_loop_but_works_held_out(
-    tmp_path: Path,
-) -> None:
+def test_model_needing_the_converter_is_measured_in_loop_by_func(tmp_path: Path) -> None:
     class Residual(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -280,8 +286,14 @@ def test_model_needing_the_converter_is_refused_in_loop_but_works_held_out(
 
     torch.manual_seed(0)
     model = Residual()
-    with pytest.raises(ConfigError, match="monitor_batch"):
-        Probe(model, nn.CrossEntropyLoss(), run="res", url=None, spool_dir=tmp_path)
+    with pytest.raises(ConfigError, match="backend='func'"):
+        config = ViViTConfig(backend="backpack")
+        Probe(model, nn.CrossEntropyLoss(), run="res", url=None, spool_dir=tmp_path, config=config)
+    in_loop = Probe(model, nn.CrossEntropyLoss(), run="res", url=None, spool_dir=tmp_path / "in")
+    assert in_loop.backend == "func"
+    _train(model, 3, in_loop)
+    in_loop.close()
+    assert [s.step for s in _spooled(tmp_path / "in")[0]] == [0]
     probe = Probe(
         model,
         nn.CrossEntropyLoss(),
@@ -304,6 +316,7 @@ def test_construction_checks() -> None:
             run="r",
             url=None,
             spool_dir=".",
+            config=ViViTConfig(backend="backpack"),
         )
     with pytest.raises(ConfigError, match="run name"):
         Probe(_mlp(), nn.CrossEntropyLoss(), run="bad name", url=None, spool_dir=".")
@@ -380,7 +393,16 @@ def test_held_out_touches_no_training_state(tmp_path: Path) -> None:
 
 def test_errors_in_the_probe_do_not_stop_training(tmp_path: Path) -> None:
     model = _mlp()
-    probe = Probe(model, nn.CrossEntropyLoss(), run="fail", url=None, every=2, spool_dir=tmp_path)
+    config = ViViTConfig(backend="backpack")
+    probe = Probe(
+        model,
+        nn.CrossEntropyLoss(),
+        run="fail",
+        url=None,
+        every=2,
+        spool_dir=tmp_path,
+        config=config,
+    )
 
     def sabotage(step: int) -> None:
         if step == 1:  # a late unsupported layer, found at the next scheduled step

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Callable
+from pathlib import Path
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from websockets.sync.client import connect
 
 from curvscope.server.api import CSV_COLUMNS
+from tests.helpers.legacy_store import write_schema_1_database
 from tests.helpers.messages import make_event, make_group, make_snapshot
 from tests.helpers.server_process import TEST_TOKEN as TOKEN
+from tests.helpers.server_process import running_server
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -139,6 +145,49 @@ def test_export_csv_has_one_row_per_direction(client: TestClient) -> None:
     ]
     assert rows[2]["gamma"] == "" and rows[1]["gamma"] == "0.2"
     assert client.get("/api/runs/a/export?format=xml").status_code == 422
+
+
+def test_backend_travels_through_rest_and_exports(db_path: Path) -> None:
+    """The real server on a database from before ``config.backend`` (schema 1, one old
+    snapshot at step 0): a snapshot sent with ``backend: "func"`` comes back as ``func``, one
+    without the field (an older probe; one even without ``config``) and the migrated old one
+    as ``backpack``, in the REST snapshots, the group facts of the figures, the CSV (one
+    value per row) and the JSON export."""
+    write_schema_1_database(db_path, [make_snapshot("mixed", 0)])
+    func = make_snapshot("mixed", 1, config={"curvature": "mc", "backend": "func"})
+    older = make_snapshot("mixed", 2)  # config without the field
+    bare = make_snapshot("mixed", 3)
+    del bare["config"]
+    groups = [make_group("g0", k=2), make_group("g1", k=1)]
+    expected = {0: "backpack", 1: "func", 2: "backpack", 3: "backpack"}
+    with running_server(db_path) as server:
+        with connect(server.ws_url("/ws/ingest")) as ws:
+            for message in (func, older, bare):
+                ws.send(json.dumps(message | {"groups": groups}))
+                assert json.loads(ws.recv(timeout=10))["type"] == "ack"
+        with httpx.Client(base_url=server.url(), timeout=10) as http:
+            snaps = http.get("/api/runs/mixed/snapshots").json()
+            assert {s["step"]: s["config"]["backend"] for s in snaps} == expected
+            assert snaps[1]["config"]["curvature"] == "mc"
+
+            for step, backend in expected.items():
+                figs = http.get("/api/runs/mixed/figures/step", params={"step": step}).json()
+                assert {g["backend"] for g in figs["groups"]} == {backend}, step
+            latest = http.get("/api/runs/mixed/figures").json()
+            assert [g["backend"] for g in latest["groups"]] == ["backpack"] * 2
+
+            text = http.get("/api/runs/mixed/export", params={"format": "csv"}).text
+            rows = list(csv.DictReader(io.StringIO(text)))
+            assert tuple(rows[0]) == CSV_COLUMNS and CSV_COLUMNS[-1] == "backend"
+            old_rows = [r for r in rows if r["step"] == "0"]  # the old snapshot's one group
+            assert [r["backend"] for r in old_rows] == ["backpack"] * 3
+            new_rows = [(int(r["step"]), r["group"], r["backend"]) for r in rows[3:]]
+            assert new_rows == [
+                (step, group, expected[step]) for step in (1, 2, 3) for group in ("g0", "g0", "g1")
+            ]
+
+            body = http.get("/api/runs/mixed/export", params={"format": "json"}).json()
+            assert {s["step"]: s["config"]["backend"] for s in body["snapshots"]} == expected
 
 
 def test_delete_without_a_configured_token(client: TestClient) -> None:

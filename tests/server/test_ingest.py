@@ -102,6 +102,12 @@ BAD_INPUTS = [
     Case("extra field", _snap_text(color="red"), ingest.ERROR_INVALID_MESSAGE, None),
     Case("negative step", _snap_text(step=-1), ingest.ERROR_INVALID_MESSAGE, None),
     Case("string loss", _snap_text(loss="low"), ingest.ERROR_INVALID_MESSAGE, None),
+    Case(
+        "unknown backend",
+        _snap_text(config={"backend": "jax"}),
+        ingest.ERROR_INVALID_MESSAGE,
+        None,
+    ),
     Case("stats longer than K", _group(gamma=[1.0] * 4), ingest.ERROR_SHAPE_MISMATCH, None),
     Case("stats lengths differ", _group(snr_gamma=[1.0]), ingest.ERROR_SHAPE_MISMATCH, None),
     Case("bad per-sample row", _group(gammas=[[1.0]]), ingest.ERROR_SHAPE_MISMATCH, None),

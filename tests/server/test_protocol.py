@@ -6,7 +6,9 @@ import pytest
 from pydantic import ValidationError
 
 from curvscope.server.protocol import (
+    DEFAULT_BACKEND,
     SNR_UNDEFINED,
+    ConfigPayload,
     GroupPayload,
     SnapshotMessage,
     parse_ingest_message,
@@ -49,3 +51,14 @@ def test_parse_dispatches_on_type_and_exposes_the_key() -> None:
 def test_numbers_must_be_finite(value: float) -> None:
     with pytest.raises(ValidationError):
         parse_ingest_message(make_snapshot() | {"loss": value})
+
+
+def test_backend_is_backpack_unless_the_probe_says_otherwise() -> None:
+    assert ConfigPayload().backend == DEFAULT_BACKEND == "backpack"
+    old = parse_ingest_message(make_snapshot(config={"curvature": "exact"}))
+    assert old.config.backend == "backpack"  # a probe from before the field
+    new = parse_ingest_message(make_snapshot(config={"backend": "func"}))
+    assert new.config.backend == "func"
+    assert '"backend":"func"' in new.model_dump_json()
+    with pytest.raises(ValidationError, match="backend"):
+        parse_ingest_message(make_snapshot(config={"backend": "jax"}))

@@ -13,9 +13,9 @@ import plotly
 import pytest
 
 from curvscope.server.cli import main
-from curvscope.server.protocol import EventMessage
+from curvscope.server.protocol import EventMessage, SnapshotMessage
 from curvscope.server.store import SQLiteStore
-from tests.web.seeding import seed_run
+from tests.web.seeding import seed_run, synthetic_snapshot
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,17 @@ def test_report_command_writes_a_self_contained_file(db: Path, tmp_path: Path) -
     density = figs["g0-density"]["data"]
     assert [t["name"] for t in density] == ["step 50 (K=25)", "first (step 0) (K=25)"]
     assert "NaN &lt;loss&gt; detected" in text  # events shown, escaped
+    assert text.count("K' = 10, backend backpack</p>") == 2  # each group's header
+
+
+def test_report_group_header_names_the_backend(tmp_path: Path) -> None:
+    db, out = tmp_path / "func.sqlite", tmp_path / "func.html"
+    store = SQLiteStore(db)
+    message = synthetic_snapshot("func-run", 0, k=5, k_stats=5) | {"config": {"backend": "func"}}
+    store.append_snapshot(SnapshotMessage(**message), time.time())
+    store.close()
+    assert main(["report", "func-run", "--db", str(db), "-o", str(out)]) == 0
+    assert "K = 5, K' = 5, backend func</p>" in out.read_text(encoding="utf-8")
 
 
 def test_report_of_a_run_without_snapshots_says_so(db: Path, tmp_path: Path) -> None:

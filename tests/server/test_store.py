@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from curvscope.server.protocol import EventMessage, SnapshotMessage
-from curvscope.server.store import SQLiteStore, Store, StoreError, downsample_indices
+from curvscope.server.store import (
+    SCHEMA_VERSION,
+    SQLiteStore,
+    Store,
+    StoreError,
+    downsample_indices,
+    snapshot_payload_json,
+)
+from tests.helpers.legacy_store import write_schema_1_database
 from tests.helpers.messages import make_event, make_snapshot
 from tests.web.seeding import seed_run, synthetic_snapshot
 
@@ -106,10 +114,60 @@ def test_persists_across_reopen_in_wal_mode(tmp_path: Path) -> None:
     first.close()
     second = SQLiteStore(path)
     assert [r.step for r in second.read_snapshots("r")] == [1]
-    assert second.schema_version() == 1
+    assert second.schema_version() == SCHEMA_VERSION == 2
     mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     second.close()
+
+
+def test_backend_is_stored_and_read_back(store: SQLiteStore) -> None:
+    store.append_snapshot(snap(step=1, config={"curvature": "exact", "backend": "func"}), 1.0)
+    store.append_snapshot(snap(step=2, config={"curvature": "exact"}), 1.0)  # an older probe
+    store.append_snapshot(snap(step=3, config={}), 1.0)
+    backends = [r.to_dict()["config"]["backend"] for r in store.read_snapshots("r")]
+    assert backends == ["func", "backpack", "backpack"]
+
+
+def test_schema_1_database_is_migrated_and_its_snapshots_read_as_backpack(
+    tmp_path: Path,
+) -> None:
+    """A database written before ``config.backend`` existed opens, is migrated to schema 2,
+    and each old snapshot reads back exactly as a new server would have stored it: the same
+    text (numbers included) plus ``"backend": "backpack"``."""
+    path = tmp_path / "old.sqlite"
+    old = [
+        make_snapshot("old", 0, loss=0.1 + 0.2, config={"curvature": "mc", "mc_samples": 4}),
+        make_snapshot("old", 10, wall_time=1_700_000_000.123456789, loss=5e-324),
+        make_snapshot("old", 20, groups=[]),
+    ]
+    write_schema_1_database(path, old)
+    store = SQLiteStore(path)
+    try:
+        assert store.schema_version() == 2
+        records = store.read_snapshots("old")
+        assert [r.step for r in records] == [0, 10, 20]
+        for record, message in zip(records, old, strict=True):
+            assert record.payload_json == snapshot_payload_json(SnapshotMessage(**message))
+            assert record.to_dict()["config"]["backend"] == "backpack"
+        assert records[0].to_dict()["config"]["mc_samples"] == 4
+        # new snapshots go next to the migrated ones as usual
+        new = snap("old", 30, config={"backend": "func"})
+        assert store.append_snapshot(new, 2.0) is True
+        assert store.read_snapshot("old", 30).to_dict()["config"]["backend"] == "func"
+        assert store.get_run("old").snapshots == 4
+    finally:
+        store.close()
+    reopened = SQLiteStore(path)  # migrating is done once: reopening changes nothing
+    try:
+        assert reopened.schema_version() == 2
+        assert [r.to_dict()["config"]["backend"] for r in reopened.iter_snapshots("old")] == [
+            "backpack",
+            "backpack",
+            "backpack",
+            "func",
+        ]
+    finally:
+        reopened.close()
 
 
 def test_refuses_a_newer_schema(tmp_path: Path) -> None:

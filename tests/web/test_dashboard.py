@@ -138,9 +138,16 @@ def test_step_slider_changes_the_density(page, seeded_server) -> None:  # type: 
     assert page.get_by_test_id("step-label").inner_text() == "step 0"
 
 
+def _group_meta(page, group: str) -> str:  # type: ignore[no-untyped-def]
+    return page.locator(f'section[data-group="{group}"] .meta').inner_text()
+
+
 def test_streamed_snapshot_appears_without_reload(page, seeded_server) -> None:  # type: ignore[no-untyped-def]
     _open_run(page, seeded_server, "beta")
     page.wait_for_selector("#conn[data-status=live]")
+    # the seeded snapshots do not name their backend (as from an older probe): BackPACK
+    for group in GROUPS:
+        assert _group_meta(page, group).endswith(" · backend backpack")
     page.evaluate("() => { window.notReloaded = true; }")
     # the user zooms into the loss plot (a box drag): the live update must keep that zoom
     box = page.locator('[data-plot="run:loss"] .nsewdrag').bounding_box()
@@ -152,8 +159,10 @@ def test_streamed_snapshot_appears_without_reload(page, seeded_server) -> None: 
     zoomed = page.evaluate(LOSS_RANGE_JS)
     assert zoomed[0] > 0
     step = BETA_STEPS[-1] + 10
+    message = synthetic_snapshot("beta", step, k=K, k_stats=K_STATS, groups=GROUPS)
+    message["config"]["backend"] = "func"
     with connect(seeded_server.ws_url("/ws/ingest")) as ws:
-        ws.send(json.dumps(synthetic_snapshot("beta", step, k=K, k_stats=K_STATS, groups=GROUPS)))
+        ws.send(json.dumps(message))
         ack = json.loads(ws.recv(timeout=10))
     assert ack["type"] == "ack" and ack["step"] == step
     page.wait_for_selector(f'#app[data-step="{step}"]')
@@ -162,6 +171,13 @@ def test_streamed_snapshot_appears_without_reload(page, seeded_server) -> None: 
     assert loss["x"] == [*BETA_STEPS, step]
     assert page.evaluate(LOSS_RANGE_JS) == zoomed
     assert page.get_by_test_id("step-label").inner_text().startswith(f"step {step}")
+    # each group's header names the backend of the shown step, as the server sent it
+    for group in GROUPS:
+        assert _group_meta(page, group).endswith(" · backend func")
+    page.get_by_test_id("step-slider").fill("0")
+    page.wait_for_selector('#app[data-step="0"]')
+    for group in GROUPS:
+        assert _group_meta(page, group).endswith(" · backend backpack")
 
 
 def test_run_with_an_error_and_no_snapshots(page, seeded_server) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,337 @@
+"""The ``func`` backend: GGN factors of any differentiable model, from autograd.
+
+The forward pass runs as the user wrote it, under a :class:`~.tracer.SiteTracer` that
+records the layer calls (sites) of the measured parameters. The loss is factored
+(``H = S Sᵀ``, :mod:`curvscope.probe.losses`) and the factor's columns, packed by class,
+are backpropagated in one batched backward pass (``is_grads_batched``) from the outputs
+``F`` to every site, together with the loss gradient ``D = ∂L/∂F`` and the layout test of
+:mod:`.layout`. Sites that pass the test give their parameters' factors in structured
+form (:mod:`.site_factors`).
+
+Everything else is *generic*: parameters used by other operations (attention's packed
+projections, recurrent cells, ``x + self.pos``), sites whose samples are mixed further up
+(BatchNorm in training mode) or whose output was modified in place. For those, every
+column ``(k, m)`` of ``S`` and every sample's gradient cotangent is backpropagated on its
+own (batched, in chunks): ``V_p = J_pᵀ S`` over the full batch, which is the GGN of the
+loss the network computes -- exact also when samples are coupled (MATH.md).
+
+Finally the batch gradient of every structured parameter is compared with autograd's: a
+parameter used where the tracer could not see it (a second model call, a use outside the
+forward) falls back to the generic path instead of being silently incomplete.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from curvscope.probe.backends.base import Backend, Sink
+from curvscope.probe.backends.layout import check_weights, sample_layout
+from curvscope.probe.backends.site_factors import factor_of, site_pieces
+from curvscope.probe.backends.tracer import Site, SiteTracer
+from curvscope.probe.config import ViViTConfig
+from curvscope.probe.errors import BatchSizeMismatchError, CostError
+from curvscope.probe.factors import ExpandedFactor
+from curvscope.probe.losses import check_func_loss, exact_classes, loss_factor, packed_bytes
+
+__all__ = ["MAX_GRAM_SIZE", "MAX_PACKED_BYTES", "FuncBackend"]
+
+MAX_GRAM_SIZE = 16_384
+"""Largest Gram matrix (rows) the backend builds: its eigendecomposition is O(R³)."""
+MAX_PACKED_BYTES = 4 << 30
+"""Largest packed loss factor ``[K, *F.shape]`` (bytes) the backend builds."""
+GENERIC_BUDGET = 1 << 28
+"""Entries the batched generic backward may hold at once (chunk size = budget / activations)."""
+
+
+class FuncBackend(Backend):
+    """Factors from ``torch.autograd`` for any model of differentiable torch operations.
+
+    Args:
+        model: the network.
+        loss_fn: a loss of :data:`~curvscope.probe.losses.FUNC_LOSSES`.
+        config: curvature kind, Monte-Carlo draws and seed.
+        params: the measured parameters (all groups').
+    """
+
+    name = "func"
+    needs_loss_backward = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        config: ViViTConfig,
+        params: list[nn.Parameter],
+    ) -> None:
+        check_func_loss(loss_fn)
+        self.model = model
+        self.loss_fn = loss_fn
+        self.config = config
+        self.params = params
+        self._tracer: SiteTracer | None = None
+        self._tracing = False
+        self._captured: tuple[Tensor, Any, Tensor] | None = None
+        self.report: dict[str, str] = {}  # parameter name -> why it took the generic path
+
+    # -- observing the forward pass ------------------------------------------------------
+
+    @contextmanager
+    def hooks(self) -> Iterator[None]:
+        tracer = SiteTracer(self.params)
+        self._tracer, self._captured = tracer, None
+        handles = [
+            self.model.register_forward_pre_hook(self._begin_forward),
+            self.model.register_forward_hook(self._end_forward),
+            self.loss_fn.register_forward_hook(self._capture_loss),
+        ]
+        self._start()  # a forward pre-hook registered now would miss a forward under way
+        try:
+            yield
+        finally:
+            self._stop()
+            for handle in handles:
+                handle.remove()
+            self._tracer, self._captured = None, None
+
+    def _start(self) -> None:
+        if not self._tracing and self._tracer is not None:
+            self._tracer.__enter__()
+            self._tracing = True
+
+    def _stop(self) -> None:
+        if self._tracing and self._tracer is not None:
+            self._tracing = False
+            self._tracer.__exit__(None, None, None)
+
+    def _begin_forward(self, module: nn.Module, args: Any) -> None:
+        self._start()
+
+    def _end_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._stop()
+
+    def _capture_loss(self, module: nn.Module, args: Any, output: Any) -> None:
+        if len(args) >= 2 and isinstance(args[0], Tensor) and isinstance(output, Tensor):
+            self._captured = (args[0], args[1], output)
+
+    # -- the snapshot's backward passes --------------------------------------------------
+
+    @contextmanager
+    def backward(self, subset: list[int] | None, batch_size: int, sink: Sink) -> Iterator[None]:
+        self._stop()
+        if self._captured is None or self._tracer is None:
+            raise RuntimeError(
+                "the loss module given to the probe was not called on the model's outputs "
+                "in this forward pass"
+            )
+        outputs, targets, loss = self._captured
+        if outputs.dim() == 0 or outputs.shape[0] != batch_size:
+            raise BatchSizeMismatchError(
+                f"the loss got outputs of shape {tuple(outputs.shape)} for a batch of "
+                f"{batch_size} samples (dimension 0 must be the sample)"
+            )
+        self._compute(outputs, targets, loss, subset, sink)
+        yield
+
+    def _compute(
+        self,
+        outputs: Tensor,
+        targets: Any,
+        loss: Tensor,
+        subset: list[int] | None,
+        sink: Sink,
+    ) -> None:
+        tracer = self._tracer
+        assert tracer is not None
+        n = outputs.shape[0]
+        m = n if subset is None else len(subset)
+        cfg = self.config
+        classes = cfg.mc_samples if cfg.curvature == "mc" else exact_classes(self.loss_fn, outputs)
+        self._check_cost(classes, m, outputs)
+        generator = torch.Generator(device=outputs.device)
+        if cfg.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(cfg.seed)
+        s = loss_factor(
+            self.loss_fn, outputs, targets, subset, cfg.curvature, cfg.mc_samples, generator
+        ).packed  # [K, *F.shape]
+        (d,) = torch.autograd.grad(loss, outputs, retain_graph=True)  # [*F.shape]
+
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        generic = {pid: f"used by {op}" for pid, op in tracer.generic.items()}
+        sites: list[Site] = []
+        for site in tracer.sites:
+            if site.intact():
+                sites.append(site)
+            else:
+                for p in site.params.values():
+                    generic.setdefault(id(p), "its layer's output was modified in place")
+        sites = [st for st in sites if not any(id(p) in generic for p in st.params.values())]
+
+        pieces: dict[int, tuple[nn.Parameter, list]] = {}
+        if sites:
+            omega = check_weights(n, outputs)
+            rows = omega.reshape(-1, *([1] * (outputs.dim() - 1)))
+            u = d + s.sum(0)
+            cotangents = torch.cat([s, d.unsqueeze(0), (rows * u).unsqueeze(0)])
+            backs = _batched_grad(outputs, [st.output for st in sites], cotangents)
+            k = s.shape[0]
+            for site, back in zip(sites, backs, strict=True):
+                if back is None:
+                    continue  # the site does not reach the outputs: nothing to measure
+                lead = _lead_axes(site)
+                layout = sample_layout(back[:k].sum(0) + back[k], back[k + 1], lead, omega)
+                if layout is None:
+                    for p in site.params.values():
+                        generic.setdefault(id(p), "samples are mixed above its layer")
+                    continue
+                for pid, (p, piece) in site_pieces(site, layout, back[:k], back[k], subset).items():
+                    pieces.setdefault(pid, (p, []))[1].append(piece)
+        factors = {
+            pid: (p, factor_of(p, ps, m)) for pid, (p, ps) in pieces.items() if pid not in generic
+        }
+        checked = [p for p in self.params if id(p) not in generic]
+        for pid in _incomplete(loss, checked, factors):
+            generic.setdefault(pid, "the traced layer calls miss some of its uses")
+            factors.pop(pid, None)
+
+        generic_params = [p for p in self.params if id(p) in generic]
+        if generic_params:
+            factors.update(self._generic(outputs, s, d, subset, generic_params))
+        self.report = {names.get(pid, "?"): why for pid, why in generic.items()}
+        for p in self.params:
+            entry = factors.get(id(p))
+            if entry is not None:
+                sink(p, entry[1])
+
+    def _check_cost(self, classes: int, m: int, outputs: Tensor) -> None:
+        rows = classes * m
+        size = packed_bytes(classes, outputs)
+        if rows > MAX_GRAM_SIZE or size > MAX_PACKED_BYTES:
+            kind = (
+                f"{self.config.mc_samples} Monte-Carlo draws"
+                if self.config.curvature == "mc"
+                else f"exact curvature ({classes} columns per sample)"
+            )
+            gram_gib = rows * rows * outputs.element_size() / 2**30
+            raise CostError(
+                f"{kind} on {m} samples needs a Gram matrix of {rows} x {rows} "
+                f"({gram_gib:.1f} GiB, eigendecomposition O(R³)) and a loss factor of "
+                f"{size / 2**30:.1f} GiB; the limits are {MAX_GRAM_SIZE} rows and "
+                f"{MAX_PACKED_BYTES / 2**30:.0f} GiB. Use curvature='mc' with a few "
+                "mc_samples, or subsample= fewer curvature samples"
+            )
+
+    def _generic(
+        self,
+        outputs: Tensor,
+        s: Tensor,
+        d: Tensor,
+        subset: list[int] | None,
+        params: list[nn.Parameter],
+    ) -> dict[int, tuple[nn.Parameter, ExpandedFactor]]:
+        """``V_p`` column by column (``[K, M, *shape]``) and per-sample gradients."""
+        n = outputs.shape[0]
+        samples = list(range(n)) if subset is None else subset
+        k, m = s.shape[0], len(samples)
+        tracer = self._tracer
+        activations = max(tracer.activations if tracer else 0, outputs.numel())
+        chunk = max(1, min(64, GENERIC_BUDGET // (4 * activations)))
+        columns = [(ki, samples[mi]) for ki in range(k) for mi in range(m)]  # row k·M + m
+        v_cols = _columns(outputs, params, chunk, columns, lambda c: _on_rows(s[c[0]], c[1]))
+        g_cols = _columns(outputs, params, chunk, list(range(n)), lambda i: _on_rows(d, i))
+        out = {}
+        for p, v, g in zip(params, v_cols, g_cols, strict=True):
+            if v is None or g is None:
+                continue  # unused in this forward: zero factor
+            out[id(p)] = (p, ExpandedFactor(v.reshape(k, m, *p.shape), g))
+        return out
+
+
+def _on_rows(x: Tensor, sample: int) -> Tensor:
+    """``x`` with every row but ``sample``'s zeroed."""
+    out = torch.zeros_like(x)
+    out[sample] = x[sample]
+    return out
+
+
+def _columns(
+    outputs: Tensor, params: list[nn.Parameter], chunk: int, keys: list, make
+) -> list[Tensor | None]:
+    """``[len(keys), *p.shape]`` per parameter: the backward pass of ``make(key)`` each."""
+    parts: list[list[Tensor | None]] = [[] for _ in params]
+    for start in range(0, len(keys), chunk):
+        cot = torch.stack([make(key) for key in keys[start : start + chunk]])
+        grads = _batched_grad(outputs, params, cot)
+        for i, g in enumerate(grads):
+            parts[i].append(g)
+    out: list[Tensor | None] = []
+    for p, chunks in zip(params, parts, strict=True):
+        if any(c is None for c in chunks):
+            out.append(None)
+        else:
+            out.append(torch.cat(chunks).reshape(len(keys), *p.shape))  # type: ignore[arg-type]
+    return out
+
+
+def _batched_grad(outputs: Tensor, inputs: list[Tensor], cotangents: Tensor) -> list[Tensor | None]:
+    """The backward pass of every cotangent (``[B, *outputs.shape]``) to ``inputs``.
+
+    Batched with ``is_grads_batched`` (vmap over the backward graph); an operation without
+    a batching rule falls back to one backward pass per cotangent.
+    """
+    try:
+        return list(
+            torch.autograd.grad(
+                outputs,
+                inputs,
+                cotangents,
+                retain_graph=True,
+                is_grads_batched=True,
+                allow_unused=True,
+            )
+        )
+    except RuntimeError as err:
+        if "batching rule" not in str(err) and "vmap" not in str(err):
+            raise
+    results: list[list[Tensor | None]] = [[] for _ in inputs]
+    for cot in cotangents:
+        grads = torch.autograd.grad(outputs, inputs, cot, retain_graph=True, allow_unused=True)
+        for i, g in enumerate(grads):
+            results[i].append(g)
+    return [None if any(g is None for g in r) else torch.stack(r) for r in results]  # type: ignore[misc]
+
+
+def _lead_axes(site: Site) -> int:
+    """How many leading axes of the site's output index rows (the rest are features)."""
+    out = site.output
+    if site.kind in ("conv", "batch_norm"):
+        return 1
+    if site.kind == "layer_norm":
+        return out.dim() - site.options["dims"]
+    return out.dim() - 1
+
+
+def _incomplete(
+    loss: Tensor, params: list[nn.Parameter], factors: dict[int, tuple[nn.Parameter, Any]]
+) -> list[int]:
+    """Parameters whose batch gradient from their factor (or 0) differs from autograd's."""
+    if not params:
+        return []
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    bad = []
+    for p, ref in zip(params, grads, strict=True):
+        entry = factors.get(id(p))
+        ours = torch.zeros_like(p) if entry is None else entry[1].grad()
+        ref = torch.zeros_like(p) if ref is None else ref
+        tol = 0.3 * math.sqrt(torch.finfo(ref.dtype).eps)
+        scale = float(ref.norm()) + float(ours.norm())
+        if float((ours - ref).norm()) > tol * scale + torch.finfo(ref.dtype).tiny:
+            bad.append(id(p))
+    return bad
