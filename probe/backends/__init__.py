@@ -63,15 +63,18 @@ def make_backend(
                 "(or 'auto'), or pass monitor_batch=(X, y)"
             )
         return backend
-    if not adapted and not isinstance(loss_fn, nn.BCEWithLogitsLoss):
-        try:
-            backend = _backpack(model, loss_fn, config, params)
-        except CurvscopeError:
-            pass
-        else:
-            if not (in_loop and backend.needs_conversion):
-                return backend
-    return FuncBackend(model, loss_fn, config, params)
+    func = FuncBackend(model, loss_fn, config, params)
+    if adapted or isinstance(loss_fn, nn.BCEWithLogitsLoss):
+        return func
+    try:
+        backend = _backpack(model, loss_fn, config, params)
+    except CurvscopeError:
+        return func
+    if in_loop and backend.needs_conversion:
+        return func
+    from curvscope.probe.backends.auto import AutoBackend
+
+    return AutoBackend(backend, func)
 
 
 def _backpack(

@@ -119,6 +119,11 @@ class FuncBackend(Backend):
         if len(args) >= 2 and isinstance(args[0], Tensor) and isinstance(output, Tensor):
             self._captured = (args[0], args[1], output)
 
+    @property
+    def captured(self) -> tuple[Tensor, Any, Tensor] | None:
+        """The loss call of this pass: ``(outputs, targets, loss)``, once it was made."""
+        return self._captured
+
     # -- the snapshot's backward passes --------------------------------------------------
 
     @contextmanager

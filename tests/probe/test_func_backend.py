@@ -1,0 +1,134 @@
+"""The ``func`` backend against the full-batch dense reference, in float64.
+
+Every model family of :mod:`tests.probe.func_settings` (attention, RNNs, LayerNorm,
+functional ops, BatchNorm in training mode, position-wise and weighted losses, tuple and
+dict inputs, tied weights, ``outputs=`` adapters), and agreement with the ``backpack``
+backend on every model both support.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from curvscope.probe import CostError, ViViTConfig, compute_snapshot
+from tests.probe.func_settings import FUNC_SETTINGS, FuncSetting
+from tests.probe.reference import dense_vivit_full
+from tests.probe.settings import SETTINGS
+from tests.probe.test_compute import _build, _check_eigenvectors, _check_group, _close
+
+
+def _double(value: object) -> object:
+    if isinstance(value, Tensor):
+        return value.double() if value.is_floating_point() else value
+    if isinstance(value, tuple):
+        return tuple(_double(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _double(v) for k, v in value.items()}
+    return value
+
+
+def _problem(setting: FuncSetting, seed: int = 0):
+    torch.manual_seed(seed)
+    model = setting.make_model().double()
+    gen = torch.Generator().manual_seed(seed)
+    x, y = setting.make_batch(gen)
+    return model, setting.make_loss(), _double(x), _double(y)
+
+
+@pytest.mark.parametrize("setting", FUNC_SETTINGS, ids=[s.name for s in FUNC_SETTINGS])
+def test_matches_full_batch_reference(setting: FuncSetting) -> None:
+    model, loss_fn, x, y = _problem(setting)
+    buffers = [b.clone() for b in model.buffers()]
+    config = dataclasses.replace(setting.config, backend="func")
+    snap = compute_snapshot(model, loss_fn, x, y, config, outputs=setting.outputs)
+    assert snap.backend == "func"
+    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers(), strict=True))
+    n = y.shape[0]
+    sub = setting.config.subsample_indices(n)
+    m = n if sub is None else len(sub)
+    assert snap.groups
+    for group in snap.groups:
+        ref = dense_vivit_full(model, loss_fn, x, y, group.params, sub, setting.outputs)
+        assert snap.loss == pytest.approx(ref.loss, rel=1e-13)
+        _check_group(group, ref, n, m)
+        if setting.config.eigenvectors:
+            _check_eigenvectors(group, ref, setting.config.eigenvectors)
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=[s.name for s in SETTINGS])
+def test_backends_agree(setting) -> None:
+    model, x, y, config = _build(setting)
+    snaps = {
+        backend: compute_snapshot(
+            model, setting.loss_fn, x, y, dataclasses.replace(config, backend=backend)
+        )
+        for backend in ("backpack", "func")
+    }
+    assert [s.backend for s in snaps.values()] == ["backpack", "func"]
+    for ours, theirs in zip(snaps["func"].groups, snaps["backpack"].groups, strict=True):
+        lam_max = float(theirs.eigvals[0])
+        assert ours.eigvals.shape == theirs.eigvals.shape
+        _close(ours.eigvals, theirs.eigvals, lam_max)
+        _close(torch.tensor(ours.grad_norm_sq), torch.tensor(theirs.grad_norm_sq))
+        for j in range(min(3, ours.gammas.shape[1])):
+            gaps = (theirs.eigvals[j] - theirs.eigvals).abs()
+            gaps[j] = float("inf")
+            if float(gaps.min()) < 1e-6 * lam_max:
+                continue  # a degenerate eigenvalue: its directions are not unique
+            sign = 1.0 if float(ours.gammas[:, j] @ theirs.gammas[:, j]) >= 0 else -1.0
+            scale = float(theirs.gammas.abs().max())
+            _close(sign * ours.gammas[:, j], theirs.gammas[:, j], scale, 1e-11)
+            _close(ours.lambdas[:, j], theirs.lambdas[:, j], lam_max * ours.lambdas.shape[0])
+
+
+@pytest.mark.parametrize("setting", FUNC_SETTINGS, ids=[s.name for s in FUNC_SETTINGS])
+def test_auto_picks_backpack_only_where_it_is_exact(setting: FuncSetting) -> None:
+    model, loss_fn, x, y = _problem(setting)
+    snap = compute_snapshot(model, loss_fn, x, y, setting.config, outputs=setting.outputs)
+    plain = setting.name in ("mlp-top-k-eigenvectors",)  # BackPACK's own layers and loss
+    assert snap.backend == ("backpack" if plain else "func")
+
+
+def _mc_ggn(model, loss_fn, x, y, outputs, mc: int, seed: int) -> Tensor:
+    config = ViViTConfig(
+        curvature="mc", mc_samples=mc, seed=seed, eigenvectors=10_000, backend="func"
+    )
+    group = compute_snapshot(model, loss_fn, x, y, config, outputs=outputs).groups[0]
+    vecs = torch.stack([torch.cat([t.flatten() for t in v]) for v in group.eigenvectors])
+    return vecs.T @ torch.diag(group.eigvals) @ vecs
+
+
+def test_position_wise_mc_is_unbiased() -> None:
+    """One label per position, summed over a sample's positions: M columns per sample."""
+    setting = next(s for s in FUNC_SETTINGS if s.name == "tokens-ignore-index")
+    model, loss_fn, x, y = _problem(setting)
+    exact = dense_vivit_full(model, loss_fn, x, y, list(model.parameters()), None, setting.outputs)
+    snap = compute_snapshot(
+        model,
+        loss_fn,
+        x,
+        y,
+        ViViTConfig(curvature="mc", mc_samples=2, seed=0),
+        outputs=setting.outputs,
+    )
+    assert snap.groups[0].lambdas.shape[0] == 3  # N rows; Gram of N·M = 6 rows at most
+    assert snap.groups[0].eigvals.shape[0] <= 6
+    errors = {}
+    for mc in (4, 1000):
+        ggn = _mc_ggn(model, loss_fn, x, y, setting.outputs, mc, seed=1)
+        errors[mc] = float((ggn - exact.ggn).norm() / exact.ggn.norm())
+    assert errors[1000] < 0.1, errors  # Monte-Carlo error ~ 1/sqrt(M)
+    assert errors[1000] < errors[4], errors
+
+
+def test_exact_curvature_of_a_language_model_is_refused_with_its_cost() -> None:
+    model = nn.Sequential(nn.Embedding(512, 8), nn.Linear(8, 512))
+    x = torch.randint(0, 512, (4, 64))
+    with pytest.raises(CostError, match=r"32768 columns per sample.*curvature='mc'"):
+        compute_snapshot(
+            model, nn.CrossEntropyLoss(), x, x, outputs=lambda out: out.transpose(1, 2)
+        )
