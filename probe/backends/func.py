@@ -198,6 +198,7 @@ class FuncBackend(Backend):
                     continue
                 for pid, (p, piece) in site_pieces(site, layout, back[:k], back[k], subset).items():
                     pieces.setdefault(pid, (p, []))[1].append(piece)
+            del backs
         factors = {
             pid: (p, factor_of(p, ps, m)) for pid, (p, ps) in pieces.items() if pid not in generic
         }
@@ -210,10 +211,12 @@ class FuncBackend(Backend):
         if generic_params:
             factors.update(self._generic(outputs, s, d, subset, generic_params))
         self.report = {names.get(pid, "?"): why for pid, why in generic.items()}
-        for p in self.params:
-            entry = factors.get(id(p))
+        pieces.clear()
+        for p in self.params:  # each factor is dropped once folded (unless the sink keeps it)
+            entry = factors.pop(id(p), None)
             if entry is not None:
                 sink(p, entry[1])
+            del entry
 
     def _check_cost(self, classes: int, m: int, outputs: Tensor) -> None:
         rows = classes * m
