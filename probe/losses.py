@@ -14,12 +14,12 @@ Per position ``p`` of a sample (derivations in ``docs/maths.md``):
   ``β_p = (1 − ε) w_{y_p} + (ε / C) Σ_c w_c`` (class weights ``w``, label smoothing ``ε``;
   ``β_p = Σ_c w_c q_c`` for probability targets ``q``), ``β_p = 0`` at ``ignore_index``.
   Exact: ``C`` columns ``√(κ β_p π_c) (e_c − π_p)`` per position, so ``C·P`` per sample.
-  Monte-Carlo: one label ``ŷ ~ π_p`` per position and draw, ``√(κ β_p) (π_p − e_ŷ)``, summed
-  over the sample's positions: one column per draw and sample (unbiased: the columns of
-  different positions have zero mean, so the cross terms vanish in expectation).
+  Monte-Carlo: one label ``ŷ ~ π_p`` per position and draw, ``√(κ β_p / M) (π_p − e_ŷ)``,
+  summed over the sample's positions: one column per draw and sample (unbiased: the
+  columns of different positions have zero mean, so the cross terms vanish in expectation).
 - ``BCEWithLogitsLoss``: diagonal ``h = κ w σ(1 − σ)(p_w y + 1 − y)`` (``weight`` ``w``,
   ``pos_weight`` ``p_w``); ``MSELoss``: ``h = 2κ``. Exact: one column ``√h_i e_i`` per output
-  entry; Monte-Carlo: ``√h ⊙ ξ`` with Rademacher signs ``ξ`` (``E[ξ ξᵀ] = I``).
+  entry; Monte-Carlo: ``√(h / M) ⊙ ξ`` with Rademacher signs ``ξ`` (``E[ξ ξᵀ] = I``).
 
 ``κ`` is the reduction factor: 1 for ``sum``; for ``mean`` one over the number of
 non-ignored positions (``CrossEntropyLoss``; the sum of their target weights with class
@@ -133,7 +133,8 @@ def _diagonal(
         signs = torch.randint(
             0, 2, (mc_samples, *root.shape), generator=generator, device=root.device
         )
-        return LossFactor(root * (2 * signs.to(root.dtype) - 1), mc_samples)
+        signs = (2 * signs.to(root.dtype) - 1) / math.sqrt(mc_samples)
+        return LossFactor(root * signs, mc_samples)
     flat = root.reshape(n, per_sample)
     packed = torch.diag_embed(flat).permute(2, 0, 1)  # [P, N, P]
     return LossFactor(packed.reshape(per_sample, *root.shape), per_sample)
@@ -183,7 +184,7 @@ def _cross_entropy(
         draws = torch.multinomial(flat, mc_samples, replacement=True, generator=generator)
         onehot = torch.nn.functional.one_hot(draws.T, c).to(f.dtype)  # [M, N·P, C]
         onehot = onehot.reshape(mc_samples, *probs.movedim(1, -1).shape).movedim(-1, 2)
-        return LossFactor(root * (probs - onehot), mc_samples)
+        return LossFactor(root * (probs - onehot) / math.sqrt(mc_samples), mc_samples)
     positions = probs[0, 0].numel()
     # column (c, p): √(κβ_p π_{c,p}) (e_c − π_p) at position p
     flat_p = probs.reshape(n, c, positions)  # [N, C, P]

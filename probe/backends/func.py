@@ -23,6 +23,7 @@ forward) falls back to the generic path instead of being silently incomplete.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -140,7 +141,10 @@ class FuncBackend(Backend):
                 f"the loss got outputs of shape {tuple(outputs.shape)} for a batch of "
                 f"{batch_size} samples (dimension 0 must be the sample)"
             )
-        self._compute(outputs, targets, loss, subset, sink)
+        with warnings.catch_warnings():
+            # BackPACK's full backward hooks (backend "auto") see our backward passes too
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            self._compute(outputs, targets, loss, subset, sink)
         yield
 
     def _compute(

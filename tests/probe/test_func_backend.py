@@ -118,11 +118,11 @@ def test_position_wise_mc_is_unbiased() -> None:
     assert snap.groups[0].lambdas.shape[0] == 3  # N rows; Gram of N·M = 6 rows at most
     assert snap.groups[0].eigvals.shape[0] <= 6
     errors = {}
-    for mc in (4, 1000):
+    for mc in (4, 400):
         ggn = _mc_ggn(model, loss_fn, x, y, setting.outputs, mc, seed=1)
         errors[mc] = float((ggn - exact.ggn).norm() / exact.ggn.norm())
-    assert errors[1000] < 0.1, errors  # Monte-Carlo error ~ 1/sqrt(M)
-    assert errors[1000] < errors[4], errors
+    assert errors[400] < 0.15, errors  # Monte-Carlo error ~ 1/sqrt(M)
+    assert errors[400] < errors[4], errors
 
 
 def test_exact_curvature_of_a_language_model_is_refused_with_its_cost() -> None:
