@@ -39,3 +39,24 @@ def test_unfold_matches_references(module: nn.Module, shape: tuple[int, ...]) ->
         torch.testing.assert_close(ours, unfolded, rtol=0, atol=1e-14)
     groups = unfold_groups(module, x)
     assert groups.shape == (shape[0], module.groups, ours.shape[1] // module.groups, ours.shape[2])
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        lambda: nn.Conv2d(2, 3, 3, padding="same"),
+        lambda: nn.Conv2d(2, 3, 4, padding="same", dilation=2),
+        lambda: nn.Conv2d(2, 3, (3, 2), padding=(1, 2), padding_mode="reflect"),
+        lambda: nn.Conv1d(2, 3, 3, padding=1, padding_mode="circular"),
+        lambda: nn.Conv3d(2, 3, 2, padding="valid", stride=2),
+    ],
+)
+def test_unfold_pads_like_the_convolution(conv) -> None:
+    """Patches times the weight reproduce the layer, whatever its padding."""
+    torch.manual_seed(0)
+    module = conv().double()
+    x = torch.randn(2, 2, *([6] * (module.weight.dim() - 2)), dtype=torch.float64)
+    patches = unfold_groups(module, x)[:, 0]  # [N, Cin·K, L]
+    out = torch.einsum("oi,nil->nol", module.weight.flatten(start_dim=1), patches)
+    out = out + module.bias[None, :, None]
+    assert torch.allclose(out, module(x).flatten(start_dim=2), rtol=1e-12, atol=1e-12)
