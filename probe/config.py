@@ -33,8 +33,9 @@ class ViViTConfig:
         per_sample: also send the per-sample ``gammas``/``lambdas`` matrices on the wire.
         eig_rtol: relative eigenvalue cutoff; ``None`` means ``R · eps(dtype)`` where R is
             the Gram matrix's size. Eigenvalues ``<= eig_rtol · λ_max`` are discarded.
-        seed: seed of the Monte-Carlo sampling (``None``: the global torch RNG for the
-            ``backpack`` backend, a fresh private generator for ``func``).
+        seed: seed of the Monte-Carlo sampling (``None``: the current state of the global
+            torch RNG, forked, for the ``backpack`` backend; a fresh private generator for
+            ``func``). The user's RNG stream never advances.
         backend: ``"backpack"`` (BackPACK's extensions: the fast path for the layers it
             supports), ``"func"`` (autograd: any model of differentiable torch operations,
             BatchNorm in training mode, position-wise losses, loss weights) or ``"auto"``

@@ -11,15 +11,16 @@ Usage::
         optimizer.step()
     probe.close()
 
-**In-loop mode** (default) measures the user's own batch in the user's own backward pass.
-BackPACK needs its IO hooks in place during the forward pass, which runs before
-``probe(step)`` is entered, so the probe predicts: a forward pre-hook on the model attaches
-the :class:`~curvscope.probe.collector.ViViTCollector` hooks when the *next* step (the
-last step plus the last stride; any step before the first call) is scheduled. Inside
-``with probe(step)`` the collector's BackPACK extension folds the GGN factors into Gram
-matrices during ``loss.backward()``; the snapshot is built on exit. Unscheduled steps run
-no BackPACK code at all: two Python hooks (the pre-hook and a forward hook on the loss)
-check a flag. The user's ``p.grad`` are those of a plain backward, bit for bit.
+**In-loop mode** (default) measures the user's own batch and forward pass. The backends
+observe the forward pass (BackPACK's IO hooks, the ``func`` backend's tracer), which runs
+before ``probe(step)`` is entered, so the probe predicts: a forward pre-hook on the model
+attaches the :class:`~curvscope.probe.collector.ViViTCollector` hooks when the *next* step
+(the last step plus the last stride; any step before the first call) is scheduled. Inside
+``with probe(step)`` the GGN factors are folded into Gram matrices (BackPACK: during the
+user's ``loss.backward()``; ``func``: in its own backward passes over the same graph, just
+before it); the snapshot is built on exit. Unscheduled steps run no curvature code at all:
+two Python hooks (the pre-hook and a forward hook on the loss) check a flag. The user's
+``p.grad``, buffers and RNG stream are those of a run without the probe, bit for bit.
 
 **Held-out mode** (``monitor_batch=(X, y)``) runs :func:`~curvscope.probe.compute_snapshot`
 on that fixed batch on exit from a scheduled ``probe(step)``, with the model in eval mode
@@ -71,8 +72,8 @@ class Probe:
     """Measure ViViT snapshots inside a training loop and stream them to a server.
 
     Args:
-        model: the network being trained (BackPACK-supported layers; in-loop mode needs a
-            model BackPACK can follow without converting it, and BatchNorm in eval mode).
+        model: the network being trained: any model of differentiable torch operations
+            (``config.backend``; ``"auto"`` uses BackPACK where it can measure the pass).
         loss_fn: the loss module the loop calls (``CrossEntropyLoss``, ``MSELoss``,
             ``BCEWithLogitsLoss``); in-loop mode needs the loop to call this very instance.
         run: the run's name on the server (letters, digits, ``.``, ``_``, ``-``).
@@ -104,7 +105,7 @@ class Probe:
         token: str | None = None,
         every: int | Schedule = 10,
         config: ViViTConfig | None = None,
-        monitor_batch: tuple[Tensor, Tensor] | None = None,
+        monitor_batch: tuple[Inputs, Tensor] | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
         strict: bool = False,
         *,

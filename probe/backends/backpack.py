@@ -77,8 +77,10 @@ class BackpackBackend(Backend):
             sink=sink,
             accepts=lambda p: id(p) in self._accepts,
         )
-        seeded = self.config.curvature == "mc" and self.config.seed is not None
-        rng = torch.random.fork_rng(devices=cuda_devices(self.model)) if seeded else nullcontext()
+        # Monte-Carlo draws come from a forked RNG: the user's stream never advances.
+        mc = self.config.curvature == "mc"
+        seeded = mc and self.config.seed is not None
+        rng = torch.random.fork_rng(devices=cuda_devices(self.model)) if mc else nullcontext()
         with rng, warnings.catch_warnings():
             # BackPACK's full backward hooks fire on the first layer, whose input needs no
             # gradient; PyTorch warns about it, but that is exactly what BackPACK expects.

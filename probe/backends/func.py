@@ -88,7 +88,7 @@ class FuncBackend(Backend):
         self._tracer, self._captured = tracer, None
         handles = [
             self.model.register_forward_pre_hook(self._begin_forward),
-            self.model.register_forward_hook(self._end_forward),
+            self.model.register_forward_hook(self._end_forward, always_call=True),
             self.loss_fn.register_forward_hook(self._capture_loss),
         ]
         self._start()  # a forward pre-hook registered now would miss a forward under way
