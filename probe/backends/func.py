@@ -176,6 +176,8 @@ class FuncBackend(Backend):
         generic = {pid: f"used by {op}" for pid, op in tracer.generic.items()}
         sites: list[Site] = []
         for site in tracer.sites:
+            if site.redirect is not None and site.uses == 1:
+                site = site.redirected()
             if site.intact():
                 sites.append(site)
             else:

@@ -117,6 +117,8 @@ def site_pieces(
         g: ``[*output.shape]`` backpropagated gradient.
         subset: the curvature samples (``None``: all).
     """
+    if site.kind == "shift":
+        return _shift(site, layout, s, g, subset)
     s = layout.apply(s, offset=1)  # [K, N, T, *feature]
     g = layout.apply(g)  # [N, T, *feature]
     if subset is not None:
@@ -152,6 +154,31 @@ def site_pieces(
         v, grads = s.sum(2), g.sum(1)
         out[id(bias)] = (bias, ExpandedPiece(v.reshape(*v.shape[:2], *bias.shape), grads))
     return out
+
+
+def _shift(
+    site: Site, layout: Layout, s: Tensor, g: Tensor, subset: list[int] | None
+) -> dict[int, tuple[nn.Parameter, Piece | RowsFactor]]:
+    """``out = x + p``, ``p`` broadcast over the samples: ``v_{k,m}`` is ``s_{k,m}`` summed to p."""
+    p = site.params["bias"]
+    out = site.output
+    if layout.kind != "axis":
+        return {}
+    axis = layout.axis
+    aligned = (1,) * (out.dim() - p.dim()) + tuple(p.shape)
+    if aligned[axis] != 1:
+        return {}
+    rest_p = aligned[:axis] + aligned[axis + 1 :]
+    s = s.movedim(1 + axis, 1)  # [K, N, *rest]
+    g = g.movedim(axis, 0)  # [N, *rest]
+    if subset is not None:
+        s = s[:, subset]
+    rest = g.shape[1:]
+    dims = [i for i, (a, b) in enumerate(zip(rest_p, rest, strict=True)) if a == 1 and b != 1]
+    v = s.sum([2 + i for i in dims], keepdim=True) if dims else s
+    grads = g.sum([1 + i for i in dims], keepdim=True) if dims else g
+    v = v.reshape(*v.shape[:2], *p.shape)
+    return {id(p): (p, ExpandedPiece(v, grads.reshape(g.shape[0], *p.shape)))}
 
 
 def _channels_last(t: Tensor, spatial: int) -> Tensor:

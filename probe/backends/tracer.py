@@ -6,6 +6,11 @@ calls. A call of ``F.linear``, ``F.conv{1,2,3}d``, ``F.embedding``, ``F.layer_no
 output, whose backpropagated vectors give the parameters' GGN factor columns without
 expanding them). Any other call that takes a measured parameter and returns a tensor that
 requires grad makes that parameter *generic*: its factor is taken from autograd directly.
+
+Broadcast additions are followed one step: ``x + self.pos`` (a parameter broadcast over
+the samples) becomes a ``"shift"`` site whose output is the sum, and a site whose output
+has no sample axis (``self.wpe(torch.arange(T))``, ``[T, E]``) and is used once, in such
+an addition, is *redirected* to the sum (``[N, T, E]``), where the samples are apart.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from torch.overrides import TorchFunctionMode
 __all__ = ["Site", "SiteTracer"]
 
 _CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
+_ADDS = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
+_REDIRECTABLE = {"linear": 1, "embedding": 1}  # site kind -> its output's feature axes
 
 
 def _linear_sig(input, weight, bias=None):
@@ -61,10 +68,26 @@ class Site:
     output: Tensor
     options: dict[str, Any] = field(default_factory=dict)
     versions: tuple[int, int] = (0, 0)
+    uses: int = 0  # calls that took ``output`` as an argument
+    redirect: Tensor | None = None  # the broadcast sum that ``output`` went into
 
     def intact(self) -> bool:
         """Whether neither the input nor the output was modified in place since."""
         return (self.inputs._version, self.output._version) == self.versions
+
+    def redirected(self) -> Site:
+        """This site seen at the broadcast sum its output went into (see the module doc).
+
+        The inputs are broadcast like the output: ``[T, I]`` -> ``[N, T, I]``.
+        """
+        out = self.redirect
+        assert out is not None
+        feat = _REDIRECTABLE[self.kind]
+        lead_z, lead_r = self.output.dim() - feat, out.dim() - feat
+        x = self.inputs
+        x = x.reshape((1,) * (lead_r - lead_z) + tuple(x.shape))
+        x = x.expand(*out.shape[:lead_r], *x.shape[lead_r:])
+        return Site(self.kind, self.params, x, out, self.options, (x._version, out._version))
 
 
 class SiteTracer(TorchFunctionMode):
@@ -80,13 +103,22 @@ class SiteTracer(TorchFunctionMode):
         self.sites: list[Site] = []
         self.generic: dict[int, str] = {}  # id(param) -> the call that made it generic
         self.activations = 0  # entries of every tensor the forward created
+        self._outputs: dict[int, Site] = {}  # id(site.output) -> site
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         used = [p for p in _parameters((args, kwargs)) if id(p) in self._tracked]
+        fed = [self._outputs[id(t)] for t in _tensors(args) if id(t) in self._outputs]
         out = func(*args, **kwargs)
         if isinstance(out, Tensor):
             self.activations += out.numel()
+        for site in fed:
+            site.uses += 1
+        if func in _ADDS and isinstance(out, Tensor) and kwargs.get("alpha", 1) == 1:
+            shift = self._broadcast_add(args, out, fed)
+            if shift is not None:
+                self._record(shift)
+                return out
         if not used or not torch.is_grad_enabled() or not _requires_grad(out):
             return out
         site = self._site(func, args, kwargs, out) if func in _SIGNATURES else None
@@ -95,8 +127,29 @@ class SiteTracer(TorchFunctionMode):
             for p in used:
                 self.generic.setdefault(id(p), name)
         else:
-            self.sites.append(site)
+            self._record(site)
         return out
+
+    def _record(self, site: Site) -> None:
+        self.sites.append(site)
+        self._outputs[id(site.output)] = site
+
+    def _broadcast_add(self, args: tuple, out: Tensor, fed: list[Site]) -> Site | None:
+        """``a + b`` with one operand broadcast to the other's shape (``out``'s)."""
+        if len(args) != 2 or not all(isinstance(a, Tensor) for a in args):
+            return None
+        if not torch.is_grad_enabled() or not out.requires_grad:
+            return None
+        for small, big in (args, args[::-1]):
+            if big.shape != out.shape or small.shape == out.shape or small.dim() > out.dim():
+                continue
+            if isinstance(small, nn.Parameter) and id(small) in self._tracked:
+                shape = {"shape": tuple(small.shape)}
+                return _make("shift", {"bias": small}, small.detach(), out, shape)
+            site = next((st for st in fed if st.output is small), None)
+            if site is not None and site.kind in _REDIRECTABLE and site.redirect is None:
+                site.redirect = out
+        return None
 
     def _site(self, func: Callable, args: tuple, kwargs: dict, out: Tensor) -> Site | None:
         bound = _SIGNATURES[func].bind(*args, **kwargs)
@@ -165,6 +218,15 @@ def _requires_grad(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return any(_requires_grad(v) for v in value)
     return False
+
+
+def _tensors(args: tuple) -> Iterator[Tensor]:
+    """The tensors among positional arguments (one level of lists and tuples)."""
+    for a in args:
+        if isinstance(a, Tensor):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from (t for t in a if isinstance(t, Tensor))
 
 
 def _parameters(value: Any) -> Iterator[nn.Parameter]:

@@ -130,6 +130,23 @@ class TinyLM(nn.Module):
         return SimpleNamespace(logits=logits)
 
 
+class Positions(nn.Module):
+    """nanoGPT's positions ``wpe(arange(T))`` and a raw ``[T, E]`` parameter, both broadcast."""
+
+    def __init__(self, vocab: int = 6, d: int = 4, t: int = 3) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.wpe = nn.Embedding(t, d)
+        self.pos = nn.Parameter(torch.randn(t, d) * 0.5)
+        self.shift = nn.Parameter(torch.randn(1, 1, d) * 0.5)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        x = torch.tanh(x + self.pos) + self.shift
+        return self.head(x)  # [N, T, V]
+
+
 def _classes(n: int, shape: tuple[int, ...], c: int) -> Callable:
     def make(gen: torch.Generator) -> tuple[Tensor, Tensor]:
         return torch.randn(n, *shape, generator=gen), torch.randint(0, c, (n,), generator=gen)
@@ -290,6 +307,16 @@ FUNC_SETTINGS: list[FuncSetting] = [
         nn.CrossEntropyLoss,
         _lm_batch,
         outputs=lambda out: out.logits.transpose(1, 2),
+    ),
+    FuncSetting(
+        "broadcast-positions",
+        Positions,
+        nn.CrossEntropyLoss,
+        lambda g: (
+            torch.randint(0, 6, (3, 3), generator=g),
+            torch.randint(0, 6, (3, 3), generator=g),
+        ),
+        outputs=_transpose,
     ),
     FuncSetting(
         "mlp-top-k-eigenvectors",

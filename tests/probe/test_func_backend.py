@@ -125,6 +125,31 @@ def test_position_wise_mc_is_unbiased() -> None:
     assert errors[400] < errors[4], errors
 
 
+@pytest.mark.parametrize(
+    ("name", "generic"),
+    [
+        ("broadcast-positions", set()),  # every parameter structured: redirect and shift
+        ("transformer-batch-first", "self_attn"),  # F.multi_head_attention_forward's own
+        ("batchnorm-train", {"0.weight", "0.bias", "1.weight", "1.bias", "4.weight", "4.bias"}),
+    ],
+)
+def test_which_parameters_take_the_generic_path(name: str, generic: set[str] | str) -> None:
+    """Structured where the layout test passes; the rest is generic (and still exact)."""
+    from curvscope.probe.collector import ViViTCollector
+
+    setting = next(s for s in FUNC_SETTINGS if s.name == name)
+    model, loss_fn, x, y = _problem(setting)
+    config = ViViTConfig(backend="func")
+    collector = ViViTCollector(model, loss_fn, config, outputs=setting.outputs)
+    with collector.hooks():
+        loss_fn(collector.forward(x), y)
+        with collector.backward(y.shape[0]):
+            pass
+    if isinstance(generic, str):
+        generic = {n for n, _ in model.named_parameters() if generic in n}
+    assert set(collector.backend.report) == generic
+
+
 def test_exact_curvature_of_a_language_model_is_refused_with_its_cost() -> None:
     model = nn.Sequential(nn.Embedding(512, 8), nn.Linear(8, 512))
     x = torch.randint(0, 512, (4, 64))
