@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -37,7 +38,7 @@ from curvscope.probe.backends.site_factors import factor_of, site_pieces
 from curvscope.probe.backends.tracer import Site, SiteTracer
 from curvscope.probe.config import ViViTConfig
 from curvscope.probe.errors import BatchSizeMismatchError, CostError
-from curvscope.probe.factors import ExpandedFactor
+from curvscope.probe.factors import ExpandedFactor, Factor
 from curvscope.probe.losses import check_func_loss, exact_classes, loss_factor, packed_bytes
 
 __all__ = ["MAX_GRAM_SIZE", "MAX_PACKED_BYTES", "FuncBackend"]
@@ -186,33 +187,35 @@ class FuncBackend(Backend):
         sites = [st for st in sites if not any(id(p) in generic for p in st.params.values())]
 
         pieces: dict[int, tuple[nn.Parameter, list]] = {}
+        factors: dict[int, tuple[nn.Parameter, Factor]] = {}
         if sites:
             omega = check_weights(n, outputs)
             rows = omega.reshape(-1, *([1] * (outputs.dim() - 1)))
             u = d + s.sum(0)
             cotangents = torch.cat([s, d.unsqueeze(0), (rows * u).unsqueeze(0)])
             backs = _batched_grad(outputs, [st.output for st in sites], cotangents)
+            del cotangents
             k = s.shape[0]
-            for site, back in zip(sites, backs, strict=True):
-                if back is None:
-                    continue  # the site does not reach the outputs: nothing to measure
-                lead = _lead_axes(site)
-                layout = sample_layout(back[:k].sum(0) + back[k], back[k + 1], lead, omega)
-                if layout is None:
-                    for p in site.params.values():
-                        generic.setdefault(id(p), "samples are mixed above its layer")
-                    continue
-                for pid, (p, piece) in site_pieces(site, layout, back[:k], back[k], subset).items():
-                    pieces.setdefault(pid, (p, []))[1].append(piece)
+            # a parameter's factor is built after its last site, and each site's
+            # backpropagated columns are let go of as soon as they are used
+            remaining = Counter(id(p) for st in sites for p in st.params.values())
+            for i, site in enumerate(sites):
+                back, backs[i] = backs[i], None
+                if back is not None:  # None: the site does not reach the outputs
+                    self._site(site, back, k, omega, subset, pieces, generic)
+                del back
+                for p in site.params.values():
+                    remaining[id(p)] -= 1
+                    entry = pieces.get(id(p))
+                    if remaining[id(p)] == 0 and entry is not None and id(p) not in generic:
+                        factors[id(p)] = (p, factor_of(p, pieces.pop(id(p))[1], m))
             del backs
-        factors = {
-            pid: (p, factor_of(p, ps, m)) for pid, (p, ps) in pieces.items() if pid not in generic
-        }
         checked = [p for p in self.params if id(p) not in generic]
         for pid in _incomplete(loss, checked, factors):
             generic.setdefault(pid, "the traced layer calls miss some of its uses")
             factors.pop(pid, None)
 
+        factors = {pid: entry for pid, entry in factors.items() if pid not in generic}
         generic_params = [p for p in self.params if id(p) in generic]
         if generic_params:
             factors.update(self._generic(outputs, s, d, subset, generic_params))
@@ -223,6 +226,25 @@ class FuncBackend(Backend):
             if entry is not None:
                 sink(p, entry[1])
             del entry
+
+    @staticmethod
+    def _site(
+        site: Site,
+        back: Tensor,
+        k: int,
+        omega: Tensor,
+        subset: list[int] | None,
+        pieces: dict[int, tuple[nn.Parameter, list]],
+        generic: dict[int, str],
+    ) -> None:
+        """The site's pieces from its backpropagated ``[K + 2, *output.shape]`` columns."""
+        layout = sample_layout(back[:k].sum(0) + back[k], back[k + 1], _lead_axes(site), omega)
+        if layout is None:
+            for p in site.params.values():
+                generic.setdefault(id(p), "samples are mixed above its layer")
+            return
+        for pid, (p, piece) in site_pieces(site, layout, back[:k], back[k], subset).items():
+            pieces.setdefault(pid, (p, []))[1].append(piece)
 
     def _check_cost(self, classes: int, m: int, outputs: Tensor) -> None:
         rows = classes * m

@@ -310,13 +310,24 @@ def _expanded(param: nn.Parameter, piece: Piece | RowsFactor) -> ExpandedPiece:
 
 
 def _dense(param: nn.Parameter, piece: OuterPiece) -> tuple[Tensor, Tensor]:
-    """``V`` as ``[K, M, *shape]`` and the per-sample gradients ``[N, *shape]``."""
+    """``V`` as ``[K, M, *shape]`` and the per-sample gradients ``[N, *shape]``.
+
+    One batched product per factor column ``k`` into a preallocated ``V`` (as
+    :func:`~curvscope.probe.conv_factors.expanded_conv_weight`): no intermediate larger
+    than one column's share of ``s`` is formed.
+    """
     s, g, a = piece.s, piece.g, piece.a
-    k, m = s.shape[:2]
+    k, m, t, groups, o = s.shape
     n = g.shape[0]
     if a is None:
         return s.sum(2).reshape(k, m, *param.shape), g.sum(1).reshape(n, *param.shape)
     a_curv = piece.curvature_inputs()
-    v = torch.einsum("kmtgo,mtgi->kmgoi", s, a_curv).reshape(k, m, *param.shape)
-    grads = torch.einsum("ntgo,ntgi->ngoi", g, a).reshape(n, *param.shape)
-    return v, grads
+    assert a_curv is not None
+    i = a.shape[-1]
+    a_t = a_curv.permute(0, 2, 1, 3).reshape(m * groups, t, i)
+    v = s.new_empty(k, m * groups, o, i)
+    for c in range(k):
+        torch.bmm(s[c].permute(0, 2, 3, 1).reshape(m * groups, o, t), a_t, out=v[c])
+    g_t = g.permute(0, 2, 3, 1).reshape(n * groups, o, t)
+    grads = torch.bmm(g_t, a.permute(0, 2, 1, 3).reshape(n * groups, t, i))
+    return v.reshape(k, m, *param.shape), grads.reshape(n, *param.shape)

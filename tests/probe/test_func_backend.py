@@ -157,3 +157,23 @@ def test_exact_curvature_of_a_language_model_is_refused_with_its_cost() -> None:
         compute_snapshot(
             model, nn.CrossEntropyLoss(), x, x, outputs=lambda out: out.transpose(1, 2)
         )
+
+
+@pytest.mark.parametrize("form", ["structured", "expanded"])
+@pytest.mark.parametrize(
+    "name", ["functional-cnn", "transformer-seq-first", "tokens-ignore-subsample"]
+)
+def test_both_factor_forms_match_the_reference(name: str, form: str) -> None:
+    """Linear and convolution sites in either form (the cost model picks one per layer)."""
+    from curvscope.probe.factors import factor_form
+
+    setting = next(s for s in FUNC_SETTINGS if s.name == name)
+    model, loss_fn, x, y = _problem(setting)
+    config = dataclasses.replace(setting.config, backend="func")
+    with factor_form(form):  # type: ignore[arg-type]
+        snap = compute_snapshot(model, loss_fn, x, y, config, outputs=setting.outputs)
+    n = y.shape[0]
+    sub = config.subsample_indices(n)
+    for group in snap.groups:
+        ref = dense_vivit_full(model, loss_fn, x, y, group.params, sub, setting.outputs)
+        _check_group(group, ref, n, n if sub is None else len(sub))
