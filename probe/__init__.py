@@ -11,8 +11,12 @@
 >>> group.gammas.shape[0], group.lambdas.shape[0], snap.batch_size
 (8, 8, 8)
 
-The public names are imported on first use (PEP 562), so that torch-free submodules
-(``spool``, ``transport``, ``upload``: the ``curvscope upload`` command) load without torch.
+The public names are imported on first use (PEP 562), so that the torch-free subpackage
+``stream`` (spool, transport, upload: the ``curvscope upload`` command) loads without torch.
+
+Layout: ``backends`` (the only modules that import BackPACK or do autograd plumbing),
+``vivit`` (the maths on the backends' quantities), ``newton`` (damping and Newton steps),
+``stream`` (torch-free transport), ``loop`` (:class:`Probe` and its parts).
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from curvscope.probe.compute import compute_snapshot
     from curvscope.probe.config import ViViTConfig
-    from curvscope.probe.damping import BootstrapDamping, ConstantDamping, DampingPolicy
     from curvscope.probe.errors import (
         BatchNormTrainingError,
         BatchSizeMismatchError,
@@ -34,40 +37,41 @@ if TYPE_CHECKING:
         UnsupportedLayerError,
         UnsupportedLossError,
     )
-    from curvscope.probe.newton import damped_newton_step, newton_step
-    from curvscope.probe.optim import NewtonBatch, ViViTNewton
-    from curvscope.probe.probe import Probe
-    from curvscope.probe.schedules import linear, logarithmic
+    from curvscope.probe.loop.probe import Probe
+    from curvscope.probe.loop.schedules import linear, logarithmic
+    from curvscope.probe.loop.wire import WireError
+    from curvscope.probe.newton.damping import BootstrapDamping, ConstantDamping, DampingPolicy
+    from curvscope.probe.newton.newton import damped_newton_step, newton_step
+    from curvscope.probe.newton.optim import NewtonBatch, ViViTNewton
     from curvscope.probe.snapshot import GroupSpectrum, Snapshot
-    from curvscope.probe.transport import CloseReport, TransportOptions
-    from curvscope.probe.wire import WireError
+    from curvscope.probe.stream.transport import CloseReport, TransportOptions
 
 _EXPORTS: dict[str, str] = {
     "BatchNormTrainingError": "errors",
     "BatchSizeMismatchError": "errors",
-    "BootstrapDamping": "damping",
-    "CloseReport": "transport",
+    "BootstrapDamping": "newton.damping",
+    "CloseReport": "stream.transport",
     "ConfigError": "errors",
     "CostError": "errors",
-    "ConstantDamping": "damping",
+    "ConstantDamping": "newton.damping",
     "CurvscopeError": "errors",
-    "DampingPolicy": "damping",
+    "DampingPolicy": "newton.damping",
     "GroupSpectrum": "snapshot",
-    "NewtonBatch": "optim",
+    "NewtonBatch": "newton.optim",
     "NonFiniteLossError": "errors",
-    "Probe": "probe",
+    "Probe": "loop.probe",
     "Snapshot": "snapshot",
-    "TransportOptions": "transport",
+    "TransportOptions": "stream.transport",
     "UnsupportedLayerError": "errors",
     "UnsupportedLossError": "errors",
     "ViViTConfig": "config",
-    "ViViTNewton": "optim",
-    "WireError": "wire",
+    "ViViTNewton": "newton.optim",
+    "WireError": "loop.wire",
     "compute_snapshot": "compute",
-    "damped_newton_step": "newton",
-    "linear": "schedules",
-    "logarithmic": "schedules",
-    "newton_step": "newton",
+    "damped_newton_step": "newton.newton",
+    "linear": "loop.schedules",
+    "logarithmic": "loop.schedules",
+    "newton_step": "newton.newton",
 }
 """Public name -> the submodule that defines it."""
 

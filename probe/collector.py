@@ -22,21 +22,22 @@ from torch import Tensor, nn
 
 from curvscope.probe.backends import Backend, make_backend
 from curvscope.probe.config import ViViTConfig
-from curvscope.probe.directions import (
+from curvscope.probe.errors import BatchSizeMismatchError, ConfigError
+from curvscope.probe.snapshot import GroupSpectrum, Snapshot
+from curvscope.probe.vivit.directions import (
     directional_curvatures,
     directional_gradients,
     eigvec_coefficients,
 )
-from curvscope.probe.errors import ConfigError
-from curvscope.probe.gram import GramAccumulator
-from curvscope.probe.snapshot import GroupSpectrum, Snapshot
-from curvscope.probe.spectrum import nontrivial_eigh
-from curvscope.probe.statistics import gradient_overlap, snr
+from curvscope.probe.vivit.gram import GramAccumulator
+from curvscope.probe.vivit.spectrum import nontrivial_eigh
+from curvscope.probe.vivit.statistics import gradient_overlap, snr
 
 __all__ = [
     "Inputs",
     "OutputsAdapter",
     "ViViTCollector",
+    "batch_size_of",
     "cuda_devices",
     "resolve_groups",
     "untouched_state",
@@ -260,3 +261,34 @@ def untouched_state(model: nn.Module) -> Iterator[None]:
             with torch.no_grad():
                 for buffer, saved in buffers:
                     buffer.copy_(saved)
+
+
+def batch_size_of(inputs: object, targets: Tensor) -> int:
+    """The batch size N shared by ``inputs`` and ``targets`` (dimension 0).
+
+    ``inputs`` is a tensor, a tuple/list of tensors or a dict of tensors (other values in
+    a tuple or dict, such as flags, are ignored); each tensor's dimension 0 must be N.
+    """
+    if isinstance(inputs, dict):
+        tensors = [v for v in inputs.values() if isinstance(v, Tensor)]
+    elif isinstance(inputs, (tuple, list)):
+        tensors = [v for v in inputs if isinstance(v, Tensor)]
+    else:
+        tensors = [inputs] if isinstance(inputs, Tensor) else []
+    if not tensors or not isinstance(targets, Tensor):
+        raise TypeError(
+            "inputs must be a tensor, a tuple of tensors or a dict of tensors, and targets a tensor"
+        )
+    if any(t.dim() == 0 for t in tensors) or targets.dim() == 0:
+        raise BatchSizeMismatchError("inputs and targets need a batch dimension (dimension 0)")
+    sizes = {int(t.shape[0]) for t in tensors}
+    if len(sizes) > 1:
+        raise BatchSizeMismatchError(
+            f"the input tensors disagree on the batch size: {sorted(sizes)}"
+        )
+    n = sizes.pop()
+    if n != targets.shape[0]:
+        raise BatchSizeMismatchError(f"inputs have {n} samples but targets have {targets.shape[0]}")
+    if n == 0:
+        raise BatchSizeMismatchError("the batch is empty")
+    return n

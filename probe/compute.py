@@ -6,11 +6,16 @@ import math
 
 from torch import Tensor, nn
 
-from curvscope.probe.collector import Inputs, OutputsAdapter, ViViTCollector, untouched_state
+from curvscope.probe.collector import (
+    Inputs,
+    OutputsAdapter,
+    ViViTCollector,
+    batch_size_of,
+    untouched_state,
+)
 from curvscope.probe.config import ViViTConfig
 from curvscope.probe.errors import BatchSizeMismatchError, NonFiniteLossError
 from curvscope.probe.snapshot import Snapshot
-from curvscope.probe.validation import batch_size_of
 
 __all__ = ["compute_snapshot"]
 

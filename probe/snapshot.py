@@ -25,7 +25,7 @@ class GroupSpectrum:
         gammas: ``[N, K']`` directional gradients ``γ_nk = N·e_kᵀ g_n`` (mean = ``e_kᵀ g``).
         lambdas: ``[N', K']`` directional curvatures ``λ_nk = N'·e_kᵀ G_n e_k`` (mean = ``λ_k``).
         snr_gamma, snr_lambda: ``[K']`` ``mean² / var`` (unbiased), or ``-1`` where the
-            variance is zero or undefined (:data:`~curvscope.probe.statistics.SNR_UNDEFINED`).
+            variance is zero or undefined (:data:`~curvscope.probe.vivit.statistics.SNR_UNDEFINED`).
         grad_overlap: ``[K']`` ``γ_k² / ‖g‖²``.
         grad_norm_sq: ``‖g‖²`` of the group's batch gradient.
         eigenvectors: the top ``eigenvectors`` GGN eigenvectors ``e_k``, each a list of

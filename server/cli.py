@@ -41,7 +41,9 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "serve": Command("curvscope.server.cli", "run the curvscope server", "server"),
     "report": Command("curvscope.server.report", "write a standalone HTML report", "server"),
-    "upload": Command("curvscope.probe.upload", "upload spooled snapshots to a server", "probe"),
+    "upload": Command(
+        "curvscope.probe.stream.upload", "upload spooled snapshots to a server", "probe"
+    ),
     "demo": Command("curvscope.probe.demo", "train a small model and watch it live", "demo"),
 }
 """Subcommand name -> module exposing ``add_parser(subparsers)``."""

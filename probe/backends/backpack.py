@@ -1,7 +1,7 @@
 """The ``backpack`` backend: BackPACK's ``SqrtGGN{Exact,MC}`` in the user's backward pass.
 
 The fast path for the layers BackPACK supports (:func:`supported`); the per-layer
-plumbing lives in :mod:`curvscope.probe.extension`.
+plumbing lives in :mod:`curvscope.probe.backends.backpack_extension`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,14 @@ import torch
 from backpack import backpack
 from torch import nn
 
+from curvscope.probe.backends.backpack_checks import check_loss, prepare_model
+from curvscope.probe.backends.backpack_extension import (
+    FactorExtension,
+    attach_hooks,
+    release_results,
+)
 from curvscope.probe.backends.base import Backend, Sink
 from curvscope.probe.config import ViViTConfig
-from curvscope.probe.extension import FactorExtension, attach_hooks, release_results
-from curvscope.probe.validation import check_loss, prepare_model
 
 __all__ = ["BackpackBackend", "cuda_devices"]
 

@@ -1,7 +1,7 @@
 """The interface every curvature backend implements: :class:`Backend`.
 
 A backend turns one forward and backward pass into, per measured parameter, a
-:class:`~curvscope.probe.factors.Factor` (its rows of the GGN factor ``V`` and of the
+:class:`~curvscope.probe.vivit.factors.Factor` (its rows of the GGN factor ``V`` and of the
 per-sample gradients), handed to ``sink(param, factor)``; the collector folds them into
 each group's Gram matrix and does the ViViT maths on top, the same for every backend.
 
@@ -22,7 +22,7 @@ from typing import ClassVar, Literal
 
 from torch import nn
 
-from curvscope.probe.factors import Factor
+from curvscope.probe.vivit.factors import Factor
 
 __all__ = ["Backend", "BackendName", "Sink"]
 

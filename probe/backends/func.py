@@ -2,7 +2,7 @@
 
 The forward pass runs as the user wrote it, under a :class:`~.tracer.SiteTracer` that
 records the layer calls (sites) of the measured parameters. The loss is factored
-(``H = S Sᵀ``, :mod:`curvscope.probe.losses`) and the factor's columns, packed by class,
+(``H = S Sᵀ``, :mod:`curvscope.probe.vivit.losses`) and the factor's columns, packed by class,
 are backpropagated in one batched backward pass (``is_grads_batched``) from the outputs
 ``F`` to every site, together with the loss gradient ``D = ∂L/∂F`` and the layout test of
 :mod:`.layout`. Sites that pass the test give their parameters' factors in structured
@@ -38,8 +38,8 @@ from curvscope.probe.backends.site_factors import factor_of, site_pieces
 from curvscope.probe.backends.tracer import Site, SiteTracer
 from curvscope.probe.config import ViViTConfig
 from curvscope.probe.errors import BatchSizeMismatchError, CostError
-from curvscope.probe.factors import ExpandedFactor, Factor
-from curvscope.probe.losses import check_func_loss, exact_classes, loss_factor, packed_bytes
+from curvscope.probe.vivit.factors import ExpandedFactor, Factor
+from curvscope.probe.vivit.losses import check_func_loss, exact_classes, loss_factor, packed_bytes
 
 __all__ = ["MAX_GRAM_SIZE", "MAX_PACKED_BYTES", "FuncBackend"]
 
@@ -56,7 +56,7 @@ class FuncBackend(Backend):
 
     Args:
         model: the network.
-        loss_fn: a loss of :data:`~curvscope.probe.losses.FUNC_LOSSES`.
+        loss_fn: a loss of :data:`~curvscope.probe.vivit.losses.FUNC_LOSSES`.
         config: curvature kind, Monte-Carlo draws and seed.
         params: the measured parameters (all groups').
     """

@@ -8,7 +8,7 @@ of the site gets a :class:`Piece`:
 - linear and convolution weights and biases: an :class:`OuterPiece`, the column
   ``v_{k,m} = Σ_t s_{k,m,t} a_{m,t}ᵀ`` (``a`` the input, or the unfolded patches of a
   convolution; ``a = 1`` for a bias) -- structured, never expanded unless cheaper
-  (:func:`~curvscope.probe.factors.prefer_structured`);
+  (:func:`~curvscope.probe.vivit.factors.prefer_structured`);
 - embeddings: rows ``v_{k,m}[i] = Σ_{t: idx_{m,t} = i} s_{k,m,t}``, expanded on the rows the
   batch uses only (:class:`RowsFactor`);
 - the affine parameters of ``layer_norm`` and ``batch_norm``: ``v_{k,m} = Σ_t s_{k,m,t} ⊙ x̂``
@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from curvscope.probe.backends.layout import Layout
 from curvscope.probe.backends.tracer import Site
-from curvscope.probe.conv_factors import unfold_groups
-from curvscope.probe.factors import (
+from curvscope.probe.vivit.conv_factors import unfold_groups
+from curvscope.probe.vivit.factors import (
     ExpandedFactor,
     Factor,
     OuterProductFactor,
@@ -313,7 +313,7 @@ def _dense(param: nn.Parameter, piece: OuterPiece) -> tuple[Tensor, Tensor]:
     """``V`` as ``[K, M, *shape]`` and the per-sample gradients ``[N, *shape]``.
 
     One batched product per factor column ``k`` into a preallocated ``V`` (as
-    :func:`~curvscope.probe.conv_factors.expanded_conv_weight`): no intermediate larger
+    :func:`~curvscope.probe.vivit.conv_factors.expanded_conv_weight`): no intermediate larger
     than one column's share of ``s`` is formed.
     """
     s, g, a = piece.s, piece.g, piece.a

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from curvscope.probe import compute_snapshot
-from curvscope.probe.statistics import SNR_UNDEFINED
+from curvscope.probe.vivit.statistics import SNR_UNDEFINED
 from tests.probe.reference import DenseViViT, dense_vivit, reference_snr
 from tests.probe.settings import SETTINGS, Setting
 

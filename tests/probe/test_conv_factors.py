@@ -7,7 +7,7 @@ import torch
 from backpack.utils.conv import unfold_by_conv
 from torch import nn
 
-from curvscope.probe.conv_factors import _unfold, unfold_groups
+from curvscope.probe.vivit.conv_factors import _unfold, unfold_groups
 
 MODULES = [
     (nn.Conv1d(4, 2, 3, stride=2, padding=3, dilation=3), (3, 4, 11)),

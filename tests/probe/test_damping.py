@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from curvscope.probe import BootstrapDamping, ConstantDamping, DampingPolicy
-from curvscope.probe.damping import _lower_quantile, predicted_reduction
+from curvscope.probe.newton.damping import _lower_quantile, predicted_reduction
 
 
 def _samples(mean: float, std: float, n: int, seed: int) -> torch.Tensor:

@@ -12,9 +12,15 @@ import torch
 from backpack import backpack
 from torch import Tensor, nn
 
-from curvscope.probe import ViViTConfig, compute_snapshot, factors
-from curvscope.probe.extension import FactorExtension, attach_hooks, factor_form
-from curvscope.probe.factors import ExpandedFactor, Factor, OuterProductFactor, prefer_structured
+from curvscope.probe import ViViTConfig, compute_snapshot
+from curvscope.probe.backends.backpack_extension import FactorExtension, attach_hooks, factor_form
+from curvscope.probe.vivit import factors
+from curvscope.probe.vivit.factors import (
+    ExpandedFactor,
+    Factor,
+    OuterProductFactor,
+    prefer_structured,
+)
 from tests.probe.reference import dense_vivit
 from tests.probe.test_compute import _check_group
 

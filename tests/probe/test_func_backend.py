@@ -165,7 +165,7 @@ def test_exact_curvature_of_a_language_model_is_refused_with_its_cost() -> None:
 )
 def test_both_factor_forms_match_the_reference(name: str, form: str) -> None:
     """Linear and convolution sites in either form (the cost model picks one per layer)."""
-    from curvscope.probe.factors import factor_form
+    from curvscope.probe.vivit.factors import factor_form
 
     setting = next(s for s in FUNC_SETTINGS if s.name == name)
     model, loss_fn, x, y = _problem(setting)

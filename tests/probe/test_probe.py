@@ -28,8 +28,8 @@ from curvscope.probe import (
     ViViTConfig,
     compute_snapshot,
 )
-from curvscope.probe.extension import factor_form
-from curvscope.probe.spool import Spool
+from curvscope.probe.backends.backpack_extension import factor_form
+from curvscope.probe.stream.spool import Spool
 from curvscope.server.protocol import EventMessage, SnapshotMessage
 from tests.helpers.server_process import ServerProcess, free_port, running_server
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from curvscope.probe import Probe, ViViTConfig, compute_snapshot
 from curvscope.probe.collector import Inputs
-from curvscope.probe.spool import Spool
+from curvscope.probe.stream.spool import Spool
 from curvscope.server.protocol import EventMessage, SnapshotMessage
 
 Batch = tuple[Inputs, Tensor]

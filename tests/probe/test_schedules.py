@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from curvscope.probe.errors import ConfigError
-from curvscope.probe.schedules import as_schedule, linear, logarithmic
+from curvscope.probe.loop.schedules import as_schedule, linear, logarithmic
 
 
 def _steps(schedule, n: int = 1000) -> list[int]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from curvscope.probe.spool import Spool
+from curvscope.probe.stream.spool import Spool
 from curvscope.server.protocol import EventMessage, SnapshotMessage, parse_ingest_message
 from tests.helpers.messages import make_event, make_snapshot
 
@@ -72,7 +72,7 @@ def test_temporary_directory_is_created_lazily_and_logged(
 ) -> None:
     spool = Spool()
     assert spool.directory is None and spool.pending() == []
-    with caplog.at_level(logging.WARNING, logger="curvscope.probe.spool"):
+    with caplog.at_level(logging.WARNING, logger="curvscope.probe.stream.spool"):
         path = spool.write(_snap("r", 0))
     assert spool.directory is not None and path.parent == spool.directory
     assert str(spool.directory) in caplog.text

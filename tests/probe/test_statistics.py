@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from curvscope.probe.statistics import SNR_UNDEFINED, gradient_overlap, snr
+from curvscope.probe.vivit.statistics import SNR_UNDEFINED, gradient_overlap, snr
 
 
 def test_snr_is_mean_squared_over_unbiased_variance() -> None:

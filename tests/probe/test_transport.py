@@ -13,8 +13,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
-from curvscope.probe.spool import Spool
-from curvscope.probe.transport import (
+from curvscope.probe.stream.spool import Spool
+from curvscope.probe.stream.transport import (
     Outcome,
     ServerRefused,
     Transport,

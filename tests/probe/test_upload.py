@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from curvscope.probe import Probe
-from curvscope.probe.spool import Spool
+from curvscope.probe.stream.spool import Spool
 from tests.helpers.server_process import running_server
 
 TOKEN = "upload-token"

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from curvscope.probe import ViViTConfig, compute_snapshot
-from curvscope.probe.wire import WireError, encode_event, encode_snapshot
+from curvscope.probe.loop.wire import WireError, encode_event, encode_snapshot
 from curvscope.server.protocol import EventMessage, SnapshotMessage, parse_ingest_message
 
 

@@ -1,6 +1,6 @@
 """When the probe measures: schedules are ``step -> bool`` callables.
 
->>> from curvscope.probe.schedules import linear, logarithmic
+>>> from curvscope.probe.loop.schedules import linear, logarithmic
 >>> [s for s in range(12) if linear(5)(s)]
 [0, 5, 10]
 >>> [s for s in range(200) if logarithmic(0, 2, steps=5)(s)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from curvscope.probe.damping import ConstantDamping, DampingPolicy
+from curvscope.probe.newton.damping import ConstantDamping, DampingPolicy
 from curvscope.probe.snapshot import GroupSpectrum
 
 __all__ = ["damped_newton_step", "newton_coefficients", "newton_step"]

@@ -2,7 +2,7 @@
 
 :class:`Transport` owns a background sender thread. :meth:`Transport.submit` only puts the
 message on a bounded in-memory queue (or, when the queue is full, writes it to the
-:class:`~curvscope.probe.spool.Spool`) and returns. The sender sends one message at a time
+:class:`~curvscope.probe.stream.spool.Spool`) and returns. The sender sends one message at a time
 over a websocket to ``/ws/ingest`` and waits for the server's acknowledgement of that
 message's key; until then the message is not considered delivered. When the server is
 unreachable or the connection breaks, the pending and queued messages spill to the spool,
@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
-from curvscope.probe.spool import Message, Spool
+from curvscope.probe.stream.spool import Message, Spool
 from curvscope.server.protocol import (
     CLOSE_FORBIDDEN_ORIGIN,
     CLOSE_UNAUTHORIZED,
@@ -52,7 +52,7 @@ __all__ = [
     "open_ingest",
 ]
 
-log = logging.getLogger("curvscope.probe.transport")
+log = logging.getLogger("curvscope.probe.stream.transport")
 
 FATAL_CODES = frozenset({"unauthorized", "forbidden_origin", "unsupported_schema_version"})
 """Error codes after which resending cannot help: stop sending, keep everything spooled."""

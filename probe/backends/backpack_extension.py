@@ -5,7 +5,7 @@ loss Hessian through the network and, per parameter, expand it into ``V_p``
 (``[C, M, *p.shape]``). :class:`FactorExtension` keeps BackPACK's backpropagation and
 replaces only the per-parameter step: each parameter's factor is built in the form chosen
 by the layer's handler (:data:`LAYER_HANDLERS`, the per-layer maths lives in
-:mod:`curvscope.probe.factors`) and passed straight to ``sink(param, factor)``, so that the
+:mod:`curvscope.probe.vivit.factors`) and passed straight to ``sink(param, factor)``, so that the
 caller can fold it into the Gram matrix and drop it. Nothing is stored on the parameters.
 """
 
@@ -22,8 +22,8 @@ from backpack.extensions.secondorder.sqrt_ggn import SqrtGGN
 from backpack.utils.module_classification import is_no_op
 from torch import Tensor, nn
 
-from curvscope.probe.conv_factors import conv_bias_factor, conv_weight_factor
-from curvscope.probe.factors import (
+from curvscope.probe.vivit.conv_factors import conv_bias_factor, conv_weight_factor
+from curvscope.probe.vivit.factors import (
     ExpandedFactor,
     Factor,
     FactorForm,
@@ -81,7 +81,7 @@ def _conv_factor(
     g_out: Tensor,
     backproped: Tensor,
 ) -> Factor | None:
-    """Factor of a convolution's weight or bias (:mod:`curvscope.probe.conv_factors`)."""
+    """Factor of a convolution's weight or bias (:mod:`curvscope.probe.vivit.conv_factors`)."""
     form = current_form()
     if form == "backpack":
         return None

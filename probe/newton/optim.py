@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from curvscope.probe.compute import compute_snapshot
 from curvscope.probe.config import ViViTConfig
-from curvscope.probe.damping import ConstantDamping, DampingPolicy
-from curvscope.probe.newton import newton_step
+from curvscope.probe.newton.damping import ConstantDamping, DampingPolicy
+from curvscope.probe.newton.newton import newton_step
 from curvscope.probe.snapshot import Snapshot
 
 __all__ = ["NewtonBatch", "ViViTNewton"]

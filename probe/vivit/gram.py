@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from curvscope.probe.factors import Factor
+from curvscope.probe.vivit.factors import Factor
 
 __all__ = ["GramAccumulator"]
 

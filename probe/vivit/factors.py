@@ -47,7 +47,7 @@ _FORM: ContextVar[FactorForm] = ContextVar("curvscope_factor_form", default="aut
 def factor_form(form: FactorForm) -> Iterator[None]:
     """Force the form of every factor built inside (tests and benchmarks).
 
-    ``"auto"`` (the default) lets :func:`~curvscope.probe.factors.prefer_structured`
+    ``"auto"`` (the default) lets :func:`~curvscope.probe.vivit.factors.prefer_structured`
     choose per layer; ``"structured"`` uses the structured form wherever a handler has
     one; ``"expanded"`` expands every weight (with the handler's own expansion where it
     has one, e.g. convolutions); ``"backpack"`` always uses BackPACK's generic expansion.

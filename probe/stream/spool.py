@@ -22,7 +22,7 @@ from curvscope.server.protocol import EventMessage, SnapshotMessage, parse_inges
 
 __all__ = ["Message", "Spool", "SpoolError"]
 
-log = logging.getLogger("curvscope.probe.spool")
+log = logging.getLogger("curvscope.probe.stream.spool")
 
 Message = SnapshotMessage | EventMessage
 

@@ -4,10 +4,10 @@ A convolution is a (grouped) linear map applied at its ``L`` output positions: w
 unfolded input ``u_{n,l}`` (the patch seen by position ``l``, ``[G, I·K]`` for ``G``
 groups of ``I`` input channels and a kernel of ``K`` entries) the weight's block of
 ``v_r`` is ``Σ_l s_{r,l} u_{m,l}ᵀ`` per group, ``s`` being the GGN factor backpropagated
-to the output. So the weight fits :class:`~curvscope.probe.factors.OuterProductFactor`
+to the output. So the weight fits :class:`~curvscope.probe.vivit.factors.OuterProductFactor`
 with ``T = L``, or is expanded here by one batched matrix product per factor index
 (cheaper than BackPACK's generic transposed-Jacobian, which repeats the input for every
-factor column). :func:`~curvscope.probe.factors.prefer_structured` picks the form.
+factor column). :func:`~curvscope.probe.vivit.factors.prefer_structured` picks the form.
 """
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from curvscope.probe.factors import ExpandedFactor, Factor, OuterProductFactor, prefer_structured
+from curvscope.probe.vivit.factors import (
+    ExpandedFactor,
+    Factor,
+    OuterProductFactor,
+    prefer_structured,
+)
 
 __all__ = ["conv_bias_factor", "conv_weight_factor", "expanded_conv_weight", "unfold_groups"]
 

@@ -1,21 +1,20 @@
-"""Checks that run before any heavy work: the model's layers, the loss and the batch."""
+"""What BackPACK can measure, checked before any heavy work: the model's layers and the loss."""
 
 from __future__ import annotations
 
 import warnings
 
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from curvscope.probe.backends.backpack_extension import supported_layers
 from curvscope.probe.errors import (
     BatchNormTrainingError,
-    BatchSizeMismatchError,
     UnsupportedLayerError,
     UnsupportedLossError,
 )
-from curvscope.probe.extension import supported_layers
 
-__all__ = ["SUPPORTED_LOSSES", "batch_size_of", "check_loss", "prepare_model"]
+__all__ = ["SUPPORTED_LOSSES", "check_loss", "prepare_model"]
 
 SUPPORTED_LOSSES: tuple[type[nn.Module], ...] = (
     nn.CrossEntropyLoss,
@@ -75,7 +74,7 @@ def _check_layers(model: nn.Module) -> bool:
                 path,
                 cls.__name__,
                 "BackPACK has no GGN factor rule for this layer (see "
-                "curvscope.probe.extension.supported_layers())",
+                "curvscope.probe.backends.backpack_extension.supported_layers())",
             )
         if isinstance(module, _BatchNorm) and module.training:
             raise BatchNormTrainingError(path, cls.__name__)
@@ -123,34 +122,3 @@ def prepare_model(model: nn.Module) -> nn.Module:
         return model
     _check_layers(converted)
     return converted
-
-
-def batch_size_of(inputs: object, targets: Tensor) -> int:
-    """The batch size N shared by ``inputs`` and ``targets`` (dimension 0).
-
-    ``inputs`` is a tensor, a tuple/list of tensors or a dict of tensors (other values in
-    a tuple or dict, such as flags, are ignored); each tensor's dimension 0 must be N.
-    """
-    if isinstance(inputs, dict):
-        tensors = [v for v in inputs.values() if isinstance(v, Tensor)]
-    elif isinstance(inputs, (tuple, list)):
-        tensors = [v for v in inputs if isinstance(v, Tensor)]
-    else:
-        tensors = [inputs] if isinstance(inputs, Tensor) else []
-    if not tensors or not isinstance(targets, Tensor):
-        raise TypeError(
-            "inputs must be a tensor, a tuple of tensors or a dict of tensors, and targets a tensor"
-        )
-    if any(t.dim() == 0 for t in tensors) or targets.dim() == 0:
-        raise BatchSizeMismatchError("inputs and targets need a batch dimension (dimension 0)")
-    sizes = {int(t.shape[0]) for t in tensors}
-    if len(sizes) > 1:
-        raise BatchSizeMismatchError(
-            f"the input tensors disagree on the batch size: {sorted(sizes)}"
-        )
-    n = sizes.pop()
-    if n != targets.shape[0]:
-        raise BatchSizeMismatchError(f"inputs have {n} samples but targets have {targets.shape[0]}")
-    if n == 0:
-        raise BatchSizeMismatchError("the batch is empty")
-    return n

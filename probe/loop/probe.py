@@ -34,38 +34,37 @@ the server as run events (level ``error``); they never reach the training loop u
 from __future__ import annotations
 
 import atexit
-import logging
 import math
 import os
 import re
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from curvscope.probe.collector import Inputs, OutputsAdapter, ViViTCollector, cuda_devices
-from curvscope.probe.compute import compute_snapshot
+from curvscope.probe.collector import Inputs, OutputsAdapter
 from curvscope.probe.config import ViViTConfig
 from curvscope.probe.errors import ConfigError, NonFiniteLossError
-from curvscope.probe.schedules import Schedule, as_schedule
-from curvscope.probe.spool import Spool
-from curvscope.probe.transport import CloseReport, OfflineTransport, Transport, TransportOptions
-from curvscope.probe.validation import batch_size_of
-from curvscope.probe.wire import Mode, encode_event, encode_snapshot
+from curvscope.probe.loop.measurement import HeldOut, InLoop
+from curvscope.probe.loop.reporting import Reporter
+from curvscope.probe.loop.schedules import Schedule, as_schedule
+from curvscope.probe.loop.steps import StepPredictor
+from curvscope.probe.loop.wire import Mode, encode_snapshot
+from curvscope.probe.stream.spool import Spool
+from curvscope.probe.stream.transport import (
+    CloseReport,
+    OfflineTransport,
+    Transport,
+    TransportOptions,
+)
 from curvscope.server.protocol import MAX_RUN_NAME_LENGTH, RUN_NAME_PATTERN
 
 __all__ = ["Probe"]
-
-log = logging.getLogger("curvscope.probe")
-
-Level = Literal["info", "warning", "error"]
 
 
 class Probe:
@@ -80,8 +79,8 @@ class Probe:
         url: the server (``http://host:port``); ``None`` with ``spool_dir`` = offline mode.
         token: the server's ingest token, if it has one.
         every: an int k (every k-th step, from step 0) or a schedule ``step -> bool``
-            (:func:`~curvscope.probe.schedules.linear`,
-            :func:`~curvscope.probe.schedules.logarithmic`).
+            (:func:`~curvscope.probe.loop.schedules.linear`,
+            :func:`~curvscope.probe.loop.schedules.logarithmic`).
         config: what to compute.
         monitor_batch: ``(X, y)``: held-out mode on this fixed batch.
         spool_dir: where undelivered messages wait (default: a temporary directory,
@@ -125,22 +124,12 @@ class Probe:
         self.config = config or ViViTConfig()
         self.schedule = as_schedule(every)
         self.strict = strict
-        self.mode: Mode = "in-loop" if monitor_batch is None else "held-out"
-        self._monitor: tuple[Inputs, Tensor] | None = None
-        self._outputs = outputs
-        self._collector: ViViTCollector | None = None
-        if monitor_batch is None:
-            self._collector = self._checked_collector()
-            self.backend = self._collector.backend.name
-        else:
-            inputs, targets = monitor_batch
-            self.config.subsample_indices(batch_size_of(inputs, targets))
-            with _eval_mode(model):  # the up-front checks only
-                self.backend = ViViTCollector(
-                    model, loss_fn, self.config, outputs=outputs
-                ).backend.name
-            self._monitor = (inputs, targets)
-        self._structure = _structure(model)
+        self._measure_in: InLoop | HeldOut = (
+            InLoop(model, loss_fn, self.config)
+            if monitor_batch is None
+            else HeldOut(model, loss_fn, self.config, monitor_batch, outputs)
+        )
+        self.mode: Mode = self._measure_in.mode  # type: ignore[assignment]
 
         spool = Spool(spool_dir)
         self._sink: Transport | OfflineTransport = (
@@ -148,10 +137,9 @@ class Probe:
             if url is None
             else Transport(url, token, spool, transport_options)
         )
+        self._reporter = Reporter(run, self._sink, strict)
 
-        # Step bookkeeping (the prediction of the next step).
-        self._last_step: int | None = None
-        self._stride = 1
+        self._steps = StepPredictor(self.schedule)
         self._step: int | None = None
         self._scheduled = False
         # Per-step state: hooks attached for this step's forward, the loss it saw.
@@ -172,10 +160,15 @@ class Probe:
         ]
         # A backend whose hooks must be in place before the forward starts (BackPACK on a
         # model that is itself one layer) is attached one step ahead, not in the pre-hook.
-        self._ahead = self._collector is not None and self._collector.backend.early_hooks
+        self._ahead = isinstance(self._measure_in, InLoop) and self._measure_in.early_hooks
         if self._ahead:
             self._arm()
         atexit.register(self._at_exit)
+
+    @property
+    def backend(self) -> str:
+        """The curvature backend of the last snapshot (before one: the one chosen up front)."""
+        return self._measure_in.backend_name
 
     # -- the user's loop --------------------------------------------------------------
 
@@ -188,8 +181,8 @@ class Probe:
         step = self._step
         if step is None:
             raise RuntimeError("use the probe as `with probe(step):`")
-        self._scheduled = not self._closed and step != self._last_step and self.schedule(step)
-        if self._scheduled and self._collector is not None:
+        self._scheduled = not self._closed and self._steps.is_scheduled(step)
+        if self._scheduled and isinstance(self._measure_in, InLoop):
             try:
                 self._begin_backward(step)
             except Exception as err:
@@ -253,7 +246,7 @@ class Probe:
         # A one-layer model armed here would miss its own backward hook (see _ahead).
         if self._ahead or self._armed or self._quiet or self._closed or not torch.is_grad_enabled():
             return
-        if self._next_scheduled():
+        if self._steps.next_scheduled():
             self._arm()
 
     def _after_loss(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -265,35 +258,25 @@ class Probe:
 
     # -- internals --------------------------------------------------------------------
 
-    def _next_scheduled(self) -> bool:
-        if self._last_step is None:
-            return True  # the first step: unknown, so be ready
-        return bool(self.schedule(self._last_step + self._stride))
-
     def _advance(self, step: int) -> None:
-        if self._last_step is not None and step > self._last_step:
-            self._stride = step - self._last_step
-        self._last_step = step
+        self._steps.advance(step)
         self._scheduled = False
         self._arm_failed = False
         self._loss = None
-        if self._ahead and not self._closed and self._next_scheduled():
+        if self._ahead and not self._closed and self._steps.next_scheduled():
             self._arm()
 
     def _arm(self) -> None:
-        """Prepare for a scheduled step's forward (loss capture; in-loop: BackPACK hooks)."""
+        """Prepare for a scheduled step's forward (loss capture; in-loop: the backend's hooks)."""
         try:
-            if self._collector is not None:
-                if _structure(self.model) != self._structure:  # layers changed since
-                    self._collector = self._checked_collector()
-                    self._structure = _structure(self.model)
+            if isinstance(self._measure_in, InLoop):
                 stack = ExitStack()
-                stack.enter_context(self._collector.hooks())
+                stack.enter_context(self._measure_in.hooks())
                 self._hooks = stack
             self._armed = True
         except Exception as err:
             self._arm_failed = True  # reported here; the step itself is skipped quietly
-            self._fail(self._last_step, err)
+            self._fail(self._steps.last, err)
 
     def _disarm(self) -> None:
         self._armed = False
@@ -301,12 +284,9 @@ class Probe:
             hooks, self._hooks = self._hooks, None
             hooks.close()
 
-    def _checked_collector(self) -> ViViTCollector:
-        return ViViTCollector(self.model, self.loss_fn, self.config, in_loop=True)
-
     def _begin_backward(self, step: int) -> None:
-        """In-loop: turn the BackPACK extension on for the user's ``loss.backward()``."""
-        assert self._collector is not None
+        """In-loop: collect the factors of the user's ``loss.backward()``."""
+        assert isinstance(self._measure_in, InLoop)
         if self._hooks is None:
             self._scheduled = False
             if self._arm_failed:
@@ -315,8 +295,8 @@ class Probe:
                 step,
                 "warning",
                 f"step {step} is scheduled but the probe expected step "
-                f"{(self._last_step or 0) + self._stride} next, so BackPACK's hooks were not "
-                "in place during its forward pass; no snapshot",
+                f"{self._steps.expected} next, so its hooks were not in place during the "
+                "forward pass; no snapshot",
             )
             return
         if self._loss is None:
@@ -325,28 +305,22 @@ class Probe:
                 "pass; in-loop mode needs the loop to use that very loss instance"
             )
         self._loss_value = float(self._loss)
-        if not math.isfinite(self._loss_value):
-            raise NonFiniteLossError(f"the loss is {self._loss_value}; no snapshot")
         stack = ExitStack()
-        stack.enter_context(self._collector.backward(self._batch_size))
+        stack.enter_context(self._measure_in.backward(self._loss_value, self._batch_size))
         self._backward = stack
 
     def _measure(self, step: int) -> None:
         wall_time = time.time()
-        if self._collector is not None:
-            snapshot = self._collector.snapshot(self._loss_value)
+        if isinstance(self._measure_in, InLoop):
+            snapshot = self._measure_in.snapshot(self._loss_value)
             loss = self._loss_value
         else:
-            assert self._monitor is not None
             train_loss = float(self._loss) if self._loss is not None else None
             if train_loss is not None and not math.isfinite(train_loss):
                 raise NonFiniteLossError(f"the training loss is {train_loss}; no snapshot")
             self._quiet = True  # our own hooks stand aside during the monitor pass
             try:
-                with _untouched(self.model):
-                    snapshot = compute_snapshot(
-                        self.model, self.loss_fn, *self._monitor, self.config, outputs=self._outputs
-                    )
+                snapshot = self._measure_in.snapshot()
             finally:
                 self._quiet = False
             loss = snapshot.loss if train_loss is None else train_loss
@@ -362,46 +336,10 @@ class Probe:
         self._sink.submit(message)
 
     def _fail(self, step: int | None, err: Exception) -> None:
-        """The failure policy: log and report, or raise when strict."""
-        if self.strict:
-            raise err
-        where = f"step {step}" if step is not None else "setup"
-        log.error("curvscope probe failed at %s: %r", where, err, exc_info=err)
-        self._report(step, "error", f"probe failed at {where}: {type(err).__name__}: {err}")
+        self._reporter.fail(step, err)
 
-    def _report(self, step: int | None, level: Level, text: str) -> None:
-        if level != "error":
-            log.warning("curvscope probe: %s", text)
-        try:
-            self._sink.submit(encode_event(self.run, text, step=step, level=level))
-        except Exception:  # reporting must never be what breaks training
-            log.exception("could not report a curvscope event")
+    def _report(self, step: int | None, level: str, text: str) -> None:
+        self._reporter.report(step, level, text)  # type: ignore[arg-type]
 
     def _at_exit(self) -> None:
         self.close(timeout=10.0)
-
-
-def _structure(model: nn.Module) -> tuple[tuple[int, type, bool], ...]:
-    """What the construction checks depend on: the modules and BatchNorm modes."""
-    return tuple(
-        (id(m), type(m), isinstance(m, _BatchNorm) and m.training) for m in model.modules()
-    )
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Every module in eval mode inside; each module's own mode restored after."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-@contextmanager
-def _untouched(model: nn.Module) -> Iterator[None]:
-    """Eval mode (BatchNorm statistics frozen) and a forked RNG (CPU and the model's GPUs)."""
-    with torch.random.fork_rng(devices=cuda_devices(model)), _eval_mode(model):
-        yield

@@ -14,8 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from curvscope.probe.spool import Spool
-from curvscope.probe.transport import (
+from curvscope.probe.stream.spool import Spool
+from curvscope.probe.stream.transport import (
     DeliveryFailed,
     Outcome,
     ServerRefused,
