@@ -43,14 +43,15 @@ class UnsupportedLayerError(CurvscopeError, TypeError):
 
 
 class BatchNormTrainingError(UnsupportedLayerError):
-    """BatchNorm in training mode couples the samples of a batch: GGN factors are undefined."""
+    """BatchNorm in training mode couples the samples: BackPACK has no per-sample factors."""
 
     def __init__(self, path: str, layer: str) -> None:
         super().__init__(
             path,
             layer,
-            "BatchNorm in training mode mixes the samples of a batch, so the per-sample GGN "
-            "is not defined; call model.eval() for the snapshot or use a held-out batch",
+            "BatchNorm in training mode mixes the samples of a batch, so BackPACK's per-sample "
+            "factors do not exist; backend='func' (or 'auto') measures the full-batch GGN, "
+            "or call model.eval() for the snapshot",
         )
 
 

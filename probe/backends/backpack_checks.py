@@ -52,17 +52,26 @@ def _is_container(module: nn.Module) -> bool:
 
 
 def _check_layers(model: nn.Module) -> bool:
-    """Check every leaf layer; return whether some container has a custom ``forward``."""
+    """Check every layer; return whether some container has a custom ``forward``.
+
+    Raises:
+        UnsupportedLayerError: naming the first offender, and every other one in its
+            message (``BatchNormTrainingError`` if BatchNorm in training mode is the only
+            kind of offence).
+    """
     from backpack.utils.module_classification import is_no_op
 
     supported = supported_layers()
     custom_forward = False
+    offences: list[UnsupportedLayerError] = []
     for path, module in model.named_modules():
         cls = type(module)
         if _is_container(module):
             if any(p.requires_grad for p in module.parameters(recurse=False)):
-                raise UnsupportedLayerError(
-                    path, cls.__name__, "a module with both own parameters and submodules"
+                offences.append(
+                    UnsupportedLayerError(
+                        path, cls.__name__, "a module with both own parameters and submodules"
+                    )
                 )
             if not is_no_op(module):
                 custom_forward = True
@@ -70,14 +79,24 @@ def _check_layers(model: nn.Module) -> bool:
         if is_no_op(module):
             continue
         if cls not in supported:
-            raise UnsupportedLayerError(
-                path,
-                cls.__name__,
-                "BackPACK has no GGN factor rule for this layer (see "
-                "curvscope.probe.backends.backpack_extension.supported_layers())",
+            offences.append(
+                UnsupportedLayerError(
+                    path,
+                    cls.__name__,
+                    "BackPACK has no GGN factor rule for this layer (see "
+                    "curvscope.probe.backends.backpack_extension.supported_layers())",
+                )
             )
-        if isinstance(module, _BatchNorm) and module.training:
-            raise BatchNormTrainingError(path, cls.__name__)
+        elif isinstance(module, _BatchNorm) and module.training:
+            offences.append(BatchNormTrainingError(path, cls.__name__))
+    if offences:
+        first = offences[0]
+        if len(offences) == 1:
+            raise first
+        others = "; ".join(f"{e.layer} at '{e.path}'" for e in offences[1:])
+        error = type(first)(first.path, first.layer)
+        error.args = (f"{first}; also {others}. backend='func' (or 'auto') measures all of them",)
+        raise error
     return custom_forward
 
 

@@ -54,6 +54,18 @@ def test_unsupported_layer_names_class_and_path() -> None:
     assert counter.calls == 0
 
 
+def test_every_offending_layer_is_named() -> None:
+    model = nn.Sequential(
+        nn.Linear(4, 3), nn.LayerNorm(3), nn.GELU(), nn.BatchNorm1d(3).train(), nn.Linear(3, 2)
+    )
+    with pytest.raises(UnsupportedLayerError) as info:
+        compute_snapshot(model, nn.CrossEntropyLoss(), *_batch(), BACKPACK)
+    message = str(info.value)
+    assert (info.value.path, info.value.layer) == ("1", "LayerNorm")
+    for named in ("LayerNorm at '1'", "GELU at '2'", "BatchNorm1d at '3'", "backend='func'"):
+        assert named in message
+
+
 def test_functional_op_the_converter_cannot_follow() -> None:
     model = Functional()
     counter = CountForwards(model)
