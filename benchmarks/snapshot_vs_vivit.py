@@ -28,7 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 RESULT = "RESULT "
@@ -201,11 +201,23 @@ def configurations(quick: bool) -> list[Config]:
     return rows
 
 
-def run_child(configs: list[Config], repeats: int, warmup: int, timeout: float) -> list[dict]:
-    """Measure ``configs`` one after the other in one fresh subprocess."""
-    cmd = [sys.executable, "-m", "benchmarks.snapshot_vs_vivit", "--child"]
+def run_child(
+    configs: list,
+    repeats: int,
+    warmup: int,
+    timeout: float,
+    *,
+    module: str = "benchmarks.snapshot_vs_vivit",
+    extra: Sequence[str] = (),
+) -> list[dict]:
+    """Measure ``configs`` (dataclasses) one after the other in one fresh subprocess.
+
+    The subprocess is ``python -m module --child JSON --repeats R --warmup W *extra``; it
+    prints one ``RESULT`` line per configuration.
+    """
+    cmd = [sys.executable, "-m", module, "--child"]
     cmd += [json.dumps([asdict(c) for c in configs])]
-    cmd += ["--repeats", str(repeats), "--warmup", str(warmup)]
+    cmd += ["--repeats", str(repeats), "--warmup", str(warmup), *extra]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -145,6 +145,9 @@ class FuncBackend(Backend):
         with warnings.catch_warnings():
             # BackPACK's full backward hooks (backend "auto") see our backward passes too
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            # operations without a batching rule (CPU flash attention's backward) are
+            # looped over the columns by PyTorch: slower, exact; not the user's concern
+            warnings.filterwarnings("ignore", message="There is a performance drop")
             self._compute(outputs, targets, loss, subset, sink)
         yield
 
