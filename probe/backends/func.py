@@ -38,7 +38,7 @@ from curvscope.probe.backends.site_factors import factor_of, site_pieces
 from curvscope.probe.backends.tracer import Site, SiteTracer
 from curvscope.probe.config import ViViTConfig
 from curvscope.probe.errors import BatchSizeMismatchError, CostError
-from curvscope.probe.vivit.factors import ExpandedFactor, Factor
+from curvscope.probe.vivit.factors import Factor, ReducedFactor
 from curvscope.probe.vivit.losses import check_func_loss, exact_classes, loss_factor, packed_bytes
 
 __all__ = ["MAX_GRAM_SIZE", "MAX_PACKED_BYTES", "FuncBackend"]
@@ -274,8 +274,12 @@ class FuncBackend(Backend):
         d: Tensor,
         subset: list[int] | None,
         params: list[nn.Parameter],
-    ) -> dict[int, tuple[nn.Parameter, ExpandedFactor]]:
-        """``V_p`` column by column (``[K, M, *shape]``) and per-sample gradients."""
+    ) -> dict[int, tuple[nn.Parameter, ReducedFactor]]:
+        """``V_p`` column by column (``[K·M, *shape]``), ``Vᵀ g_n`` and ``g`` per parameter.
+
+        The per-sample gradients come in chunks and are folded into ``Vᵀ g_n`` at once, so
+        the memory is ``V`` plus one chunk.
+        """
         n = outputs.shape[0]
         samples = list(range(n)) if subset is None else subset
         k, m = s.shape[0], len(samples)
@@ -283,14 +287,34 @@ class FuncBackend(Backend):
         activations = max(tracer.activations if tracer else 0, outputs.numel())
         chunk = max(1, min(64, GENERIC_BUDGET // (4 * activations)))
         columns = [(ki, samples[mi]) for ki in range(k) for mi in range(m)]  # row k·M + m
-        v_cols = _columns(outputs, params, chunk, columns, lambda c: _on_rows(s[c[0]], c[1]))
-        g_cols = _columns(outputs, params, chunk, list(range(n)), lambda i: _on_rows(d, i))
+        vs: list[Tensor | None] = [None] * len(params)
+        for start, grads in _chunks(
+            outputs, params, chunk, columns, lambda c: _on_rows(s[c[0]], c[1])
+        ):
+            for i, g in enumerate(grads):
+                if g is None:
+                    continue
+                if vs[i] is None:
+                    vs[i] = g.new_empty(len(columns), *g.shape[1:])
+                vs[i][start : start + g.shape[0]] = g  # type: ignore[index]
+        vtgs = [None if v is None else v.new_zeros(len(columns), n) for v in vs]
+        sums = [None if v is None else v.new_zeros(v.shape[1:]) for v in vs]
+        for start, grads in _chunks(
+            outputs, params, chunk, list(range(n)), lambda i: _on_rows(d, i)
+        ):
+            for i, g in enumerate(grads):
+                v = vs[i]
+                if g is None or v is None:
+                    continue
+                vtgs[i][:, start : start + g.shape[0]] = (
+                    v.flatten(start_dim=1) @ g.flatten(start_dim=1).T
+                )  # type: ignore[index]
+                sums[i] += g.sum(0)  # type: ignore[operator]
         out = {}
-        for p, v, g in zip(params, v_cols, g_cols, strict=True):
-            if v is None or g is None:
-                continue  # unused in this forward: zero factor
-            out[id(p)] = (p, ExpandedFactor(v.reshape(k, m, *p.shape), g))
-        return out
+        for p, v, vtg, total in zip(params, vs, vtgs, sums, strict=True):
+            if v is not None and vtg is not None and total is not None:
+                out[id(p)] = (p, ReducedFactor(v, vtg, total))
+        return out  # parameters unused in this forward: no factor (zero)
 
 
 def _on_rows(x: Tensor, sample: int) -> Tensor:
@@ -300,23 +324,13 @@ def _on_rows(x: Tensor, sample: int) -> Tensor:
     return out
 
 
-def _columns(
+def _chunks(
     outputs: Tensor, params: list[nn.Parameter], chunk: int, keys: list, make
-) -> list[Tensor | None]:
-    """``[len(keys), *p.shape]`` per parameter: the backward pass of ``make(key)`` each."""
-    parts: list[list[Tensor | None]] = [[] for _ in params]
+) -> Iterator[tuple[int, list[Tensor | None]]]:
+    """``(start, grads)`` per chunk of ``keys``: the backward pass of ``make(key)`` each."""
     for start in range(0, len(keys), chunk):
         cot = torch.stack([make(key) for key in keys[start : start + chunk]])
-        grads = _batched_grad(outputs, params, cot)
-        for i, g in enumerate(grads):
-            parts[i].append(g)
-    out: list[Tensor | None] = []
-    for p, chunks in zip(params, parts, strict=True):
-        if any(c is None for c in chunks):
-            out.append(None)
-        else:
-            out.append(torch.cat(chunks).reshape(len(keys), *p.shape))  # type: ignore[arg-type]
-    return out
+        yield start, _batched_grad(outputs, params, cot)
 
 
 def _batched_grad(outputs: Tensor, inputs: list[Tensor], cotangents: Tensor) -> list[Tensor | None]:

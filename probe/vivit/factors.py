@@ -35,6 +35,7 @@ __all__ = [
     "Factor",
     "FactorForm",
     "OuterProductFactor",
+    "ReducedFactor",
     "current_form",
     "factor_form",
 ]
@@ -109,6 +110,35 @@ class ExpandedFactor(Factor):
 
     def grad(self) -> Tensor:
         return self._g.sum(0).reshape(self.shape)
+
+    def lift(self, coeffs: Tensor) -> Tensor:
+        return (coeffs.T @ self._v).reshape(-1, *self.shape)
+
+
+class ReducedFactor(Factor):
+    """Dense rows of ``V`` with ``Vᵀ g_n`` and ``g`` already reduced.
+
+    For the ``func`` backend's generic path: the per-sample gradients arrive in chunks and
+    are folded into ``Vᵀ g_n`` as they come, never stored for all samples at once.
+
+    Args:
+        v: ``[R, *shape]`` the factor's columns; vt_grads: ``[R, N]``; grad: ``shape``.
+    """
+
+    def __init__(self, v: Tensor, vt_grads: Tensor, grad: Tensor) -> None:
+        self.shape = grad.shape
+        self._v = v.reshape(v.shape[0], -1)
+        self._vtg = vt_grads
+        self._grad = grad
+
+    def gram(self) -> Tensor:
+        return symmetric_gram(self._v)
+
+    def vt_grads(self) -> Tensor:
+        return self._vtg
+
+    def grad(self) -> Tensor:
+        return self._grad
 
     def lift(self, coeffs: Tensor) -> Tensor:
         return (coeffs.T @ self._v).reshape(-1, *self.shape)

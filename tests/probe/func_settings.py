@@ -231,7 +231,7 @@ FUNC_SETTINGS: list[FuncSetting] = [
         bn_train,
         nn.CrossEntropyLoss,
         _classes(5, (2, 6, 6), 3),
-        ViViTConfig(subsample=[3, 1]),
+        ViViTConfig(subsample=[3, 1], eigenvectors=2),
     ),
     FuncSetting(
         "batchnorm-train-layer-groups",
