@@ -53,7 +53,8 @@ def resolve_groups(model: nn.Module, param_groups: object) -> list[tuple[str, li
     """Named parameter groups of ``model`` (trainable parameters only).
 
     ``"all"`` gives one group ``"all"``; ``"layer"`` one group per module with parameters,
-    named by the module's path; explicit lists give ``"group0"``, ``"group1"``, ...
+    named by the module's path (a parameter shared by several modules belongs to the
+    first); explicit lists give ``"group0"``, ``"group1"``, ...
 
     Raises:
         ConfigError: an explicit group is empty, repeats a parameter, or holds a tensor
@@ -64,8 +65,11 @@ def resolve_groups(model: nn.Module, param_groups: object) -> list[tuple[str, li
         return [("all", trainable)] if trainable else []
     if param_groups == "layer":
         groups = []
+        taken: set[int] = set()  # a shared (tied) parameter belongs to its first module
         for path, module in model.named_modules():
             own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+            own = [p for p in own if id(p) not in taken]
+            taken.update(id(p) for p in own)
             if own:
                 groups.append((path or type(module).__name__, own))
         return groups

@@ -64,6 +64,7 @@ def _check_layers(model: nn.Module) -> bool:
     supported = supported_layers()
     custom_forward = False
     offences: list[UnsupportedLayerError] = []
+    offences += _shared(model)
     for path, module in model.named_modules():
         cls = type(module)
         if _is_container(module):
@@ -89,6 +90,26 @@ def _check_layers(model: nn.Module) -> bool:
             )
         elif isinstance(module, _BatchNorm) and module.training:
             offences.append(BatchNormTrainingError(path, cls.__name__))
+        elif getattr(module, "inplace", False):
+            offences.append(
+                UnsupportedLayerError(
+                    path, cls.__name__, "in-place activations break BackPACK's backward hooks"
+                )
+            )
+        elif isinstance(module, nn.Embedding) and (
+            module.padding_idx is not None
+            or module.max_norm is not None
+            or module.scale_grad_by_freq
+            or module.sparse
+        ):
+            offences.append(
+                UnsupportedLayerError(
+                    path,
+                    cls.__name__,
+                    "BackPACK supports plain embeddings only (no padding_idx, max_norm, "
+                    "scale_grad_by_freq or sparse)",
+                )
+            )
     if offences:
         first = offences[0]
         if len(offences) == 1:
@@ -98,6 +119,35 @@ def _check_layers(model: nn.Module) -> bool:
         error.args = (f"{first}; also {others}. backend='func' (or 'auto') measures all of them",)
         raise error
     return custom_forward
+
+
+def _shared(model: nn.Module) -> list[UnsupportedLayerError]:
+    """Modules used at two places, or parameters shared by two modules (tied weights).
+
+    BackPACK hands over one factor per module and parameter, and the Gram matrix of a
+    shared parameter needs the sum of its uses' factors first.
+    """
+    out = []
+    seen: dict[int, str] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        if id(module) in seen and any(True for _ in module.parameters(recurse=False)):
+            out.append(
+                UnsupportedLayerError(
+                    path, type(module).__name__, f"the same module as '{seen[id(module)]}'"
+                )
+            )
+        seen.setdefault(id(module), path)
+    owners: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in owners and owners[id(param)] != name:
+            path = name.rsplit(".", 1)[0] if "." in name else ""
+            out.append(
+                UnsupportedLayerError(
+                    path, "shared parameter", f"{name} is {owners[id(param)]} (tied weights)"
+                )
+            )
+        owners.setdefault(id(param), name)
+    return out
 
 
 def prepare_model(model: nn.Module) -> nn.Module:

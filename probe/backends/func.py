@@ -37,7 +37,7 @@ from curvscope.probe.backends.layout import check_weights, sample_layout
 from curvscope.probe.backends.site_factors import factor_of, site_pieces
 from curvscope.probe.backends.tracer import Site, SiteTracer
 from curvscope.probe.config import ViViTConfig
-from curvscope.probe.errors import BatchSizeMismatchError, CostError
+from curvscope.probe.errors import BatchSizeMismatchError, CostError, UnsupportedLayerError
 from curvscope.probe.vivit.factors import Factor, ReducedFactor
 from curvscope.probe.vivit.losses import check_func_loss, exact_classes, loss_factor, packed_bytes
 
@@ -177,7 +177,8 @@ class FuncBackend(Backend):
         (d,) = torch.autograd.grad(loss, outputs, retain_graph=True)  # [*F.shape]
 
         names = {id(p): name for name, p in self.model.named_parameters()}
-        generic = {pid: f"used by {op}" for pid, op in tracer.generic.items()}
+        generic = dict(tracer.generic)
+        self._refuse_unseen(tracer, names)
         sites: list[Site] = []
         for site in tracer.sites:
             if site.redirect is not None and site.uses == 1:
@@ -187,7 +188,14 @@ class FuncBackend(Backend):
             else:
                 for p in site.params.values():
                     generic.setdefault(id(p), "its layer's output was modified in place")
-        sites = [st for st in sites if not any(id(p) in generic for p in st.params.values())]
+        kept = []
+        for st in sites:  # a site with one generic parameter sends all of them there
+            if any(id(p) in generic for p in st.params.values()):
+                for p in st.params.values():
+                    generic.setdefault(id(p), "its layer's other parameter is generic")
+            else:
+                kept.append(st)
+        sites = kept
 
         pieces: dict[int, tuple[nn.Parameter, list]] = {}
         factors: dict[int, tuple[nn.Parameter, Factor]] = {}
@@ -230,6 +238,20 @@ class FuncBackend(Backend):
                 sink(p, entry[1])
             del entry
 
+    def _refuse_unseen(self, tracer: SiteTracer, names: dict[int, str]) -> None:
+        """Parameters used only with gradients disabled would silently contribute nothing."""
+        seen = set(tracer.generic) | {id(p) for st in tracer.sites for p in st.params.values()}
+        unseen = [names.get(pid, "?") for pid in tracer.unseen if pid not in seen]
+        if unseen:
+            raise UnsupportedLayerError(
+                "",
+                type(self.model).__name__,
+                f"parameters {', '.join(unseen)} are used only with gradients disabled in "
+                "the forward pass (torch.no_grad, or torch.utils.checkpoint with "
+                "use_reentrant=True, which recomputes them in the backward pass), so their "
+                "curvature cannot be traced; use checkpoint(..., use_reentrant=False)",
+            )
+
     @staticmethod
     def _site(
         site: Site,
@@ -242,6 +264,8 @@ class FuncBackend(Backend):
     ) -> None:
         """The site's pieces from its backpropagated ``[K + 2, *output.shape]`` columns."""
         layout = sample_layout(back[:k].sum(0) + back[k], back[k + 1], _lead_axes(site), omega)
+        if layout is not None and site.kind in ("conv", "batch_norm") and layout.kind != "axis":
+            layout = None  # samples folded with frames ([N·T, C, H, W]): not structured here
         if layout is None:
             for p in site.params.values():
                 generic.setdefault(id(p), "samples are mixed above its layer")

@@ -70,6 +70,7 @@ class Site:
     versions: tuple[int, int] = (0, 0)
     uses: int = 0  # calls that took ``output`` as an argument
     redirect: Tensor | None = None  # the broadcast sum that ``output`` went into
+    redirect_version: int = 0  # the sum's version when it was made
 
     def intact(self) -> bool:
         """Whether neither the input nor the output was modified in place since."""
@@ -87,7 +88,8 @@ class Site:
         x = self.inputs
         x = x.reshape((1,) * (lead_r - lead_z) + tuple(x.shape))
         x = x.expand(*out.shape[:lead_r], *x.shape[lead_r:])
-        return Site(self.kind, self.params, x, out, self.options, (x._version, out._version))
+        versions = (x._version, self.redirect_version)
+        return Site(self.kind, self.params, x, out, self.options, versions)
 
 
 class SiteTracer(TorchFunctionMode):
@@ -103,6 +105,7 @@ class SiteTracer(TorchFunctionMode):
         self.sites: list[Site] = []
         self.generic: dict[int, str] = {}  # id(param) -> the call that made it generic
         self.activations = 0  # entries of every tensor the forward created
+        self.unseen: dict[int, str] = {}  # id(param) -> a call that used it without grad
         self._outputs: dict[int, Site] = {}  # id(site.output) -> site
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -114,21 +117,31 @@ class SiteTracer(TorchFunctionMode):
             self.activations += out.numel()
         for site in fed:
             site.uses += 1
+        name = getattr(func, "__name__", str(func))
         if func in _ADDS and isinstance(out, Tensor) and kwargs.get("alpha", 1) == 1:
             shift = self._broadcast_add(args, out, fed)
             if shift is not None:
                 self._record(shift)
+                self._generic([p for p in used if p is not shift.params["bias"]], name)
                 return out
+        if used and not torch.is_grad_enabled():
+            for p in used:
+                self.unseen.setdefault(id(p), name)
         if not used or not torch.is_grad_enabled() or not _requires_grad(out):
             return out
         site = self._site(func, args, kwargs, out) if func in _SIGNATURES else None
         if site is None:
-            name = getattr(func, "__name__", str(func))
-            for p in used:
-                self.generic.setdefault(id(p), name)
+            self._generic(used, name)
         else:
             self._record(site)
+            # a measured parameter in another role (the input, say) is not in the factor
+            mine = {id(p) for p in site.params.values()}
+            self._generic([p for p in used if id(p) not in mine], name)
         return out
+
+    def _generic(self, params: list[nn.Parameter], name: str) -> None:
+        for p in params:
+            self.generic.setdefault(id(p), f"used by {name}")
 
     def _record(self, site: Site) -> None:
         self.sites.append(site)
@@ -147,8 +160,11 @@ class SiteTracer(TorchFunctionMode):
                 shape = {"shape": tuple(small.shape)}
                 return _make("shift", {"bias": small}, small.detach(), out, shape)
             site = next((st for st in fed if st.output is small), None)
-            if site is not None and site.kind in _REDIRECTABLE and site.redirect is None:
-                site.redirect = out
+            if site is None or site.kind not in _REDIRECTABLE or site.redirect is not None:
+                continue
+            feat = _REDIRECTABLE[site.kind]
+            if small.shape[small.dim() - feat :] == out.shape[out.dim() - feat :]:
+                site.redirect, site.redirect_version = out, out._version
         return None
 
     def _site(self, func: Callable, args: tuple, kwargs: dict, out: Tensor) -> Site | None:
@@ -209,7 +225,8 @@ def _make(
 def _tuple(value: Any, dims: int) -> tuple[int, ...]:
     if isinstance(value, int):
         return (value,) * dims
-    return tuple(int(v) for v in value)
+    values = tuple(int(v) for v in value)
+    return values * dims if len(values) == 1 else values
 
 
 def _requires_grad(value: Any) -> bool:

@@ -102,6 +102,12 @@ def loss_factor(
     mask[subset if subset is not None else slice(None)] = True
     if isinstance(loss_fn, nn.CrossEntropyLoss):
         return _cross_entropy(loss_fn, f, targets, mask, curvature, mc_samples, generator)
+    if not isinstance(targets, Tensor) or targets.shape != f.shape:
+        got = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+        raise UnsupportedLossError(
+            f"{type(loss_fn).__name__} needs targets shaped like the outputs "
+            f"{tuple(f.shape)}, got {got} (torch would broadcast them)"
+        )
     if isinstance(loss_fn, nn.BCEWithLogitsLoss):
         sig = torch.sigmoid(f)
         h = sig * (1 - sig)
