@@ -7,10 +7,13 @@ output, whose backpropagated vectors give the parameters' GGN factor columns wit
 expanding them). Any other call that takes a measured parameter and returns a tensor that
 requires grad makes that parameter *generic*: its factor is taken from autograd directly.
 
-Broadcast additions are followed one step: ``x + self.pos`` (a parameter broadcast over
-the samples) becomes a ``"shift"`` site whose output is the sum, and a site whose output
-has no sample axis (``self.wpe(torch.arange(T))``, ``[T, E]``) and is used once, in such
-an addition, is *redirected* to the sum (``[N, T, E]``), where the samples are apart.
+A BatchNorm call hands the model a copy of its output, so that an in-place activation
+after it (``nn.ReLU(inplace=True)``, as in torchvision's ResNets) leaves the recorded
+output intact. Broadcast additions are followed one step: ``x + self.pos`` (a parameter
+broadcast over the samples) becomes a ``"shift"`` site whose output is the sum, and a
+site whose output has no sample axis (``self.wpe(torch.arange(T))``, ``[T, E]``) and is
+used once, in such an addition, is *redirected* to the sum (``[N, T, E]``), where the
+samples are apart.
 """
 
 from __future__ import annotations
@@ -137,6 +140,10 @@ class SiteTracer(TorchFunctionMode):
             # a measured parameter in another role (the input, say) is not in the factor
             mine = {id(p) for p in site.params.values()}
             self._generic([p for p in used if id(p) not in mine], name)
+            if site.kind == "batch_norm":
+                # BatchNorm is followed by ReLU(inplace=True) in most CNNs: the model gets a
+                # copy, so the recorded output stays intact (the gradient is the same).
+                return out.clone()
         return out
 
     def _generic(self, params: list[nn.Parameter], name: str) -> None:
