@@ -13,28 +13,17 @@ from curvscope.probe.errors import (
     UnsupportedLayerError,
     UnsupportedLossError,
 )
+from curvscope.probe.vivit.losses import FUNC_LOSSES, check_func_loss
 
 __all__ = ["SUPPORTED_LOSSES", "check_loss", "prepare_model"]
 
-SUPPORTED_LOSSES: tuple[type[nn.Module], ...] = (
-    nn.CrossEntropyLoss,
-    nn.MSELoss,
-    nn.BCEWithLogitsLoss,
-)
+SUPPORTED_LOSSES: tuple[type[nn.Module], ...] = FUNC_LOSSES
+"""The losses BackPACK factors (the same classes as the ``func`` backend, fewer options)."""
 
 
 def check_loss(loss_fn: nn.Module) -> None:
     """Raise :class:`UnsupportedLossError` unless BackPACK can factor this loss's Hessian."""
-    if not isinstance(loss_fn, SUPPORTED_LOSSES):
-        names = ", ".join(cls.__name__ for cls in SUPPORTED_LOSSES)
-        raise UnsupportedLossError(
-            f"loss {type(loss_fn).__name__} is not supported; use a module instance of {names}"
-        )
-    if loss_fn.reduction not in ("mean", "sum"):
-        raise UnsupportedLossError(
-            f"{type(loss_fn).__name__}(reduction={loss_fn.reduction!r}) is not supported: "
-            "the batch loss must be a mean or a sum"
-        )
+    check_func_loss(loss_fn)
     if isinstance(loss_fn, nn.CrossEntropyLoss) and (
         loss_fn.weight is not None or loss_fn.label_smoothing != 0.0
     ):

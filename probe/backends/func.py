@@ -15,9 +15,10 @@ column ``(k, m)`` of ``S`` and every sample's gradient cotangent is backpropagat
 own (batched, in chunks): ``V_p = J_pᵀ S`` over the full batch, which is the GGN of the
 loss the network computes -- exact also when samples are coupled (MATH.md).
 
-Finally the batch gradient of every structured parameter is compared with autograd's: a
-parameter used where the tracer could not see it (a second model call, a use outside the
-forward) falls back to the generic path instead of being silently incomplete.
+Each structured parameter's batch gradient is compared with autograd's as soon as its
+factor is built, and the factor is then folded into its Gram matrix at once (factors never
+pile up): a parameter used where the tracer could not see it (a use outside the forward
+pass, say) falls back to the generic path instead of being silently incomplete.
 """
 
 from __future__ import annotations
@@ -197,8 +198,19 @@ class FuncBackend(Backend):
                 kept.append(st)
         sites = kept
 
+        # Each factor is checked against autograd's batch gradient (a use the trace missed
+        # would make it incomplete) and folded into its Gram matrix as soon as it is built.
+        reference = _reference_grads(loss, [p for p in self.params if id(p) not in generic])
+        folded: set[int] = set()
+
+        def fold(p: nn.Parameter, factor: Factor) -> None:
+            if _same(factor.grad(), reference[id(p)]):
+                sink(p, factor)
+                folded.add(id(p))
+            else:
+                generic.setdefault(id(p), "the traced layer calls miss some of its uses")
+
         pieces: dict[int, tuple[nn.Parameter, list]] = {}
-        factors: dict[int, tuple[nn.Parameter, Factor]] = {}
         if sites:
             omega = check_weights(n, outputs)
             rows = omega.reshape(-1, *([1] * (outputs.dim() - 1)))
@@ -219,24 +231,18 @@ class FuncBackend(Backend):
                     remaining[id(p)] -= 1
                     entry = pieces.get(id(p))
                     if remaining[id(p)] == 0 and entry is not None and id(p) not in generic:
-                        factors[id(p)] = (p, factor_of(p, pieces.pop(id(p))[1], m))
+                        fold(p, factor_of(p, pieces.pop(id(p))[1], m))
             del backs
-        checked = [p for p in self.params if id(p) not in generic]
-        for pid in _incomplete(loss, checked, factors):
-            generic.setdefault(pid, "the traced layer calls miss some of its uses")
-            factors.pop(pid, None)
-
-        factors = {pid: entry for pid, entry in factors.items() if pid not in generic}
-        generic_params = [p for p in self.params if id(p) in generic]
-        if generic_params:
-            factors.update(self._generic(outputs, s, d, subset, generic_params))
-        self.report = {names.get(pid, "?"): why for pid, why in generic.items()}
         pieces.clear()
-        for p in self.params:  # each factor is dropped once folded (unless the sink keeps it)
-            entry = factors.pop(id(p), None)
-            if entry is not None:
-                sink(p, entry[1])
-            del entry
+        for pid, ref in reference.items():  # no factor: it must have had no gradient
+            if pid not in folded and not _same(torch.zeros_like(ref), ref):
+                generic.setdefault(pid, "the traced layer calls miss some of its uses")
+
+        generic_params = [p for p in self.params if id(p) in generic]
+        self.report = {names.get(pid, "?"): why for pid, why in generic.items()}
+        if generic_params:
+            for p, factor in self._generic(outputs, s, d, subset, generic_params).values():
+                sink(p, factor)
 
     def _refuse_unseen(self, tracer: SiteTracer, names: dict[int, str]) -> None:
         """Parameters used only with gradients disabled would silently contribute nothing."""
@@ -395,20 +401,18 @@ def _lead_axes(site: Site) -> int:
     return out.dim() - 1
 
 
-def _incomplete(
-    loss: Tensor, params: list[nn.Parameter], factors: dict[int, tuple[nn.Parameter, Any]]
-) -> list[int]:
-    """Parameters whose batch gradient from their factor (or 0) differs from autograd's."""
+def _reference_grads(loss: Tensor, params: list[nn.Parameter]) -> dict[int, Tensor]:
+    """Autograd's batch gradient of every parameter (zeros where it has none)."""
     if not params:
-        return []
+        return {}
     grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    bad = []
-    for p, ref in zip(params, grads, strict=True):
-        entry = factors.get(id(p))
-        ours = torch.zeros_like(p) if entry is None else entry[1].grad()
-        ref = torch.zeros_like(p) if ref is None else ref
-        tol = 0.3 * math.sqrt(torch.finfo(ref.dtype).eps)
-        scale = float(ref.norm()) + float(ours.norm())
-        if float((ours - ref).norm()) > tol * scale + torch.finfo(ref.dtype).tiny:
-            bad.append(id(p))
-    return bad
+    return {
+        id(p): torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
+    }
+
+
+def _same(ours: Tensor, ref: Tensor) -> bool:
+    """Equal up to round-off: ``‖ours − ref‖ ≤ 0.3·√eps · (‖ours‖ + ‖ref‖)``."""
+    tol = 0.3 * math.sqrt(torch.finfo(ref.dtype).eps)
+    scale = float(ref.norm()) + float(ours.norm())
+    return float((ours - ref).norm()) <= tol * scale + torch.finfo(ref.dtype).tiny
