@@ -24,8 +24,9 @@ class ViViTConfig:
             (BackPACK ``SqrtGGNExact``); ``"mc"`` uses ``mc_samples`` sampled ones
             (``SqrtGGNMC``), so the Gram matrix is ``N·M x N·M`` instead of ``N·C x N·C``.
         mc_samples: number M >= 1 of Monte-Carlo factors per sample (``curvature="mc"``).
-        subsample: curvature from these samples only (an ``int`` k means the first k;
-            a sequence lists distinct batch indices). Gradients always use the whole batch.
+        subsample: curvature from these samples only (an ``int`` k means the first k, or
+            the whole batch when it has fewer; a sequence lists distinct batch indices).
+            Gradients always use the whole batch.
         param_groups: ``"all"`` (one group), ``"layer"`` (one group per module with
             parameters) or explicit lists of parameters (block-diagonal GGN approximation).
         top_k: compute directional statistics for the k largest eigenvalues only.
@@ -89,11 +90,9 @@ class ViViTConfig:
         if sub is None:
             return None
         if isinstance(sub, int):
-            if isinstance(sub, bool) or not 1 <= sub <= batch_size:
-                raise ConfigError(
-                    f"subsample={sub!r} is out of range for a batch of {batch_size} samples"
-                )
-            return list(range(sub))
+            if isinstance(sub, bool) or sub < 1:
+                raise ConfigError(f"subsample must be an int >= 1 or a list, got {sub!r}")
+            return list(range(min(sub, batch_size)))  # a short (last) batch: all of it
         indices = list(sub)
         if not indices:
             raise ConfigError("subsample must select at least one sample")

@@ -192,6 +192,8 @@ class SnapshotMessage(_Message):
     schema_version: Literal[1] = SCHEMA_VERSION
     run: RunName
     step: Step
+    user_step: Step | None = None
+    """The training loop's own step number, when the probe renumbered (a restarted count)."""
     wall_time: FiniteFloat
     loss: FiniteFloat
     batch_size: int = Field(ge=1)

@@ -53,7 +53,7 @@ from curvscope.probe.errors import ConfigError, NonFiniteLossError
 from curvscope.probe.loop.measurement import HeldOut, InLoop
 from curvscope.probe.loop.reporting import Reporter
 from curvscope.probe.loop.schedules import Schedule, as_schedule
-from curvscope.probe.loop.steps import StepPredictor
+from curvscope.probe.loop.steps import StepNumbering, StepPredictor
 from curvscope.probe.loop.wire import Mode, encode_snapshot
 from curvscope.probe.stream.spool import Spool
 from curvscope.probe.stream.transport import (
@@ -140,6 +140,11 @@ class Probe:
         self._reporter = Reporter(run, self._sink, strict)
 
         self._steps = StepPredictor(self.schedule)
+        self._numbering = StepNumbering()
+        self._numbering_last_user: int | None = None
+        self._renumbered = False
+        self._short_said = False
+        self._user_step: int | None = None
         self._step: int | None = None
         self._scheduled = False
         # Per-step state: hooks attached for this step's forward, the loss it saw.
@@ -173,8 +178,25 @@ class Probe:
     # -- the user's loop --------------------------------------------------------------
 
     def __call__(self, step: int) -> Probe:
-        """``with probe(step): loss.backward()`` -- measure this step if it is scheduled."""
-        self._step = step
+        """``with probe(step): loss.backward()`` -- measure this step if it is scheduled.
+
+        Steps are the loop's; when they go back (a count restarted per epoch), the probe
+        numbers on from its last step (said once, as a warning event) and sends the loop's
+        own step along as ``user_step``: no snapshot is merged into another.
+        """
+        probe_step, restarted = self._numbering(step)
+        if restarted and not self._renumbered:
+            self._renumbered = True
+            self._report(
+                probe_step,
+                "warning",
+                f"the loop's step went back from {self._numbering_last_user} to {step} (a count "
+                f"restarted per epoch?): the probe numbers steps on from here (step {step} "
+                f"is probe step {probe_step}; the loop's step travels as user_step)",
+            )
+        self._numbering_last_user = step
+        self._user_step = step
+        self._step = probe_step
         return self
 
     def __enter__(self) -> Probe:
@@ -305,6 +327,15 @@ class Probe:
                 "pass; in-loop mode needs the loop to use that very loss instance"
             )
         self._loss_value = float(self._loss)
+        sub = self.config.subsample
+        if isinstance(sub, int) and 0 < self._batch_size < sub and not self._short_said:
+            self._short_said = True
+            self._report(
+                step,
+                "warning",
+                f"subsample={sub} on a batch of {self._batch_size} samples: the curvature of "
+                "such (short) batches uses all of their samples",
+            )
         stack = ExitStack()
         stack.enter_context(self._measure_in.backward(self._loss_value, self._batch_size))
         self._backward = stack
@@ -332,6 +363,7 @@ class Probe:
             mode=self.mode,
             loss=loss,
             wall_time=wall_time,
+            user_step=None if self._user_step == step else self._user_step,
         )
         self._sink.submit(message)
 

@@ -4,7 +4,32 @@ from __future__ import annotations
 
 from curvscope.probe.loop.schedules import Schedule
 
-__all__ = ["StepPredictor"]
+__all__ = ["StepNumbering", "StepPredictor"]
+
+
+class StepNumbering:
+    """The probe's own monotonic step for the loop's step numbers.
+
+    Loops restart their count (``for step, batch in enumerate(loader)`` inside an epoch
+    loop): a step below the last one starts a new stretch, numbered on from the last
+    probe step, so that no snapshot key repeats and none is dropped by the server. A
+    step equal to the last one is the same step again (not a new one).
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.last_user: int | None = None
+        self.last: int | None = None
+
+    def __call__(self, user_step: int) -> tuple[int, bool]:
+        """``(probe_step, restarted)`` for the loop's ``user_step``."""
+        restarted = False
+        if self.last_user is not None and self.last is not None and user_step < self.last_user:
+            self.offset = self.last + 1 - user_step
+            restarted = True
+        self.last_user = user_step
+        self.last = user_step + self.offset
+        return self.last, restarted
 
 
 class StepPredictor:

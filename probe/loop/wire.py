@@ -74,6 +74,7 @@ def encode_snapshot(
     mode: Mode,
     loss: float | None = None,
     wall_time: float | None = None,
+    user_step: int | None = None,
 ) -> SnapshotMessage:
     """The wire message of one snapshot.
 
@@ -85,6 +86,7 @@ def encode_snapshot(
         mode: ``"in-loop"``, ``"held-out"`` or ``"function"``.
         loss: the training loss to report (default: the snapshot's own batch loss).
         wall_time: seconds since the epoch (default: now).
+        user_step: the training loop's own step number, where it differs from ``step``.
 
     Raises:
         WireError: a non-finite number, or a value the protocol refuses (bad run name,
@@ -98,6 +100,7 @@ def encode_snapshot(
         return SnapshotMessage(
             run=run,
             step=step,
+            user_step=user_step,
             wall_time=time.time() if wall_time is None else wall_time,
             loss=loss,
             batch_size=snapshot.batch_size,

@@ -124,7 +124,7 @@ def test_mismatched_batch_sizes() -> None:
 @pytest.mark.parametrize(
     ("config", "match"),
     [
-        (lambda: ViViTConfig(subsample=9), "subsample=9 is out of range for a batch of 4"),
+        (lambda: ViViTConfig(subsample=0), "subsample must be an int >= 1"),
         (lambda: ViViTConfig(subsample=[0, 4]), "index 4 is out of range"),
         (lambda: ViViTConfig(subsample=[1, 1]), "distinct"),
         (lambda: ViViTConfig(subsample=[]), "at least one"),

@@ -577,3 +577,58 @@ def test_queue_overflow_spills_to_the_spool(tmp_path: Path) -> None:
         assert _stored(server, "overflow") == list(range(10))
         events = httpx.get(server.url("/api/runs/overflow/events"), timeout=10).json()
         assert events == []
+
+
+# -- loops people write: epochs, short batches -------------------------------------------
+
+
+def test_epoch_loop_restarting_its_count_loses_no_snapshot(tmp_path: Path) -> None:
+    """``for epoch ...: for step, batch in enumerate(loader)``: every scheduled step lands."""
+    model = _mlp()
+    loss_fn = nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with running_server(tmp_path / "db.sqlite") as server:
+        probe = Probe(model, loss_fn, run="epochs", url=server.url(), every=5)
+        for epoch in range(3):
+            for step in range(15):  # enumerate(loader) restarts at 0 every epoch
+                x, y = _batch(100 * epoch + step)
+                opt.zero_grad()
+                loss = loss_fn(model(x), y)
+                with probe(step):
+                    loss.backward()
+                opt.step()
+        report = probe.close()
+        assert report.spooled == 0
+        stored = httpx.get(server.url("/api/runs/epochs/snapshots"), timeout=10).json()
+        events = httpx.get(server.url("/api/runs/epochs/events"), timeout=10).json()
+    assert [s["step"] for s in stored] == list(range(0, 45, 5))
+    assert [s.get("user_step") for s in stored] == [None] * 3 + [0, 5, 10] * 2
+    warnings_ = [e for e in events if e["level"] == "warning"]
+    assert len(warnings_) == 1 and "went back from 14 to 0" in warnings_[0]["message"]
+
+
+def test_a_short_last_batch_uses_all_its_samples(tmp_path: Path) -> None:
+    model = _mlp()
+    config = ViViTConfig(subsample=6)
+    probe = Probe(
+        model,
+        nn.CrossEntropyLoss(),
+        run="short",
+        url=None,
+        every=1,
+        spool_dir=tmp_path,
+        config=config,
+    )
+    for step, n in enumerate([8, 4, 8, 4]):
+        x, y = _batch(step, n)
+        loss = probe.loss_fn(model(x), y)
+        with probe(step):
+            loss.backward()
+    probe.close()
+    snaps, events = _spooled(tmp_path)
+    assert [s.step for s in snaps] == [0, 1, 2, 3]
+    assert [s.config.subsample for s in snaps] == [list(range(6))] * 4  # what was asked
+    assert [(e.step, e.level) for e in events] == [(1, "warning")]
+    assert "subsample=6 on a batch of 4" in events[0].message
+    snap = compute_snapshot(model, nn.CrossEntropyLoss(), *_batch(9, 3), config)
+    assert snap.groups[0].lambdas.shape[0] == 3
