@@ -28,6 +28,24 @@ def reduction_factor(loss_fn: nn.Module, outputs: Tensor) -> float:
     return 1.0 / outputs.numel()
 
 
+def _flat_parameters(model: nn.Module, params: list[nn.Parameter]):
+    """``θ`` (``params`` flattened), the other parameters, and ``θ`` -> named tensors."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    keys = [names[id(p)] for p in params]
+    shapes = [p.shape for p in params]
+    theta = torch.cat([p.detach().flatten() for p in params])
+    fixed = {n: p.detach() for n, p in model.named_parameters() if n not in keys}
+
+    def unflatten(flat: Tensor) -> dict[str, Tensor]:
+        out, i = {}, 0
+        for k, s in zip(keys, shapes, strict=True):
+            out[k] = flat[i : i + s.numel()].reshape(s)
+            i += s.numel()
+        return out
+
+    return theta, fixed, unflatten
+
+
 @dataclass
 class DenseViViT:
     ggn: Tensor  # [D, D]
@@ -52,18 +70,7 @@ def dense_vivit(
     The curvature uses the samples ``subsample`` (default all), with the loss's own
     reduction on that subset; gradients use the whole batch.
     """
-    names = {id(p): n for n, p in model.named_parameters()}
-    keys = [names[id(p)] for p in params]
-    shapes = [p.shape for p in params]
-    theta = torch.cat([p.detach().flatten() for p in params])
-    fixed = {n: p.detach() for n, p in model.named_parameters() if n not in keys}
-
-    def unflatten(flat: Tensor) -> dict[str, Tensor]:
-        out, i = {}, 0
-        for k, s in zip(keys, shapes, strict=True):
-            out[k] = flat[i : i + s.numel()].reshape(s)
-            i += s.numel()
-        return out
+    theta, fixed, unflatten = _flat_parameters(model, params)
 
     def f(flat: Tensor, xn: Tensor) -> Tensor:
         return functional_call(model, {**fixed, **unflatten(flat)}, (xn.unsqueeze(0),))[0]
@@ -126,19 +133,8 @@ def dense_vivit_full(
     ``g_n = J_nᵀ (∂L/∂F)_n``. For independent samples this is :func:`dense_vivit`. The
     model's buffers are not touched (copies are used).
     """
-    names = {id(p): n for n, p in model.named_parameters()}
-    keys = [names[id(p)] for p in params]
-    shapes = [p.shape for p in params]
-    theta = torch.cat([p.detach().flatten() for p in params])
-    fixed = {n: p.detach() for n, p in model.named_parameters() if n not in keys}
+    theta, fixed, unflatten = _flat_parameters(model, params)
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-
-    def unflatten(flat: Tensor) -> dict[str, Tensor]:
-        out, i = {}, 0
-        for k, s in zip(keys, shapes, strict=True):
-            out[k] = flat[i : i + s.numel()].reshape(s)
-            i += s.numel()
-        return out
 
     def forward(flat: Tensor) -> Tensor:
         state = {**fixed, **unflatten(flat), **{n: b.clone() for n, b in buffers.items()}}
