@@ -48,6 +48,8 @@ MAX_GRAM_SIZE = 16_384
 """Largest Gram matrix (rows) the backend builds: its eigendecomposition is O(R³)."""
 MAX_PACKED_BYTES = 4 << 30
 """Largest packed loss factor ``[K, *F.shape]`` (bytes) the backend builds."""
+MAX_GENERIC_BYTES = 4 << 30
+"""Largest ``V`` of the generic path's parameters (bytes) the backend holds."""
 GENERIC_BUDGET = 1 << 28
 """Entries the batched generic backward may hold at once (chunk size = budget / activations)."""
 
@@ -244,6 +246,10 @@ class FuncBackend(Backend):
             for p, factor in self._generic(outputs, s, d, subset, generic_params).values():
                 sink(p, factor)
 
+    def _why(self) -> str:
+        reasons = sorted(set(self.report.values()))
+        return "; ".join(reasons) if reasons else "used outside the recorded layer calls"
+
     def _refuse_unseen(self, tracer: SiteTracer, names: dict[int, str]) -> None:
         """Parameters used only with gradients disabled would silently contribute nothing."""
         seen = set(tracer.generic) | {id(p) for st in tracer.sites for p in st.params.values()}
@@ -317,6 +323,16 @@ class FuncBackend(Backend):
         activations = max(tracer.activations if tracer else 0, outputs.numel())
         chunk = max(1, min(64, GENERIC_BUDGET // (4 * activations)))
         columns = [(ki, samples[mi]) for ki in range(k) for mi in range(m)]  # row k·M + m
+        size = len(columns) * sum(p.numel() for p in params) * outputs.element_size()
+        if size > MAX_GENERIC_BYTES:
+            raise CostError(
+                f"{len(params)} parameter tensors take the generic path ({self._why()}); "
+                f"their factor V has {len(columns)} columns of "
+                f"{sum(p.numel() for p in params):,} entries ({size / 2**30:.1f} GiB, "
+                f"limit {MAX_GENERIC_BYTES / 2**30:.0f} GiB). Use curvature='mc' with few "
+                "mc_samples, subsample= fewer curvature samples, or the model in eval mode "
+                "if BatchNorm in training mode is the reason"
+            )
         vs: list[Tensor | None] = [None] * len(params)
         for start, grads in _chunks(
             outputs, params, chunk, columns, lambda c: _on_rows(s[c[0]], c[1])

@@ -177,3 +177,14 @@ def test_both_factor_forms_match_the_reference(name: str, form: str) -> None:
     for group in snap.groups:
         ref = dense_vivit_full(model, loss_fn, x, y, group.params, sub, setting.outputs)
         _check_group(group, ref, n, n if sub is None else len(sub))
+
+
+def test_a_generic_factor_too_large_is_refused_with_its_size(monkeypatch) -> None:
+    """BatchNorm in training mode with exact curvature: V of the generic path is refused."""
+    import curvscope.probe.backends.func as func
+
+    setting = next(s for s in FUNC_SETTINGS if s.name == "batchnorm-train")
+    model, loss_fn, x, y = _problem(setting)
+    monkeypatch.setattr(func, "MAX_GENERIC_BYTES", 1000)
+    with pytest.raises(CostError, match=r"generic path \(samples are mixed.*curvature='mc'"):
+        compute_snapshot(model, loss_fn, x, y, ViViTConfig(backend="func"))
