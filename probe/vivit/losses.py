@@ -37,7 +37,14 @@ from torch import Tensor, nn
 
 from curvscope.probe.errors import UnsupportedLossError
 
-__all__ = ["FUNC_LOSSES", "LossFactor", "check_func_loss", "loss_factor"]
+__all__ = [
+    "FUNC_LOSSES",
+    "LossFactor",
+    "check_func_loss",
+    "exact_classes",
+    "loss_factor",
+    "packed_bytes",
+]
 
 FUNC_LOSSES: tuple[type[nn.Module], ...] = (
     nn.CrossEntropyLoss,
