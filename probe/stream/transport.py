@@ -245,6 +245,7 @@ class Transport:
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._abort = threading.Event()
+        self._interrupt = threading.Event()  # ends a backoff wait: closing or aborting
         self._lock = threading.Lock()
         self._ws: ClientConnection | None = None
         self._refused = False
@@ -273,9 +274,12 @@ class Transport:
     def close(self, timeout: float = 30.0) -> CloseReport:
         """Deliver what is queued and spooled for up to ``timeout`` seconds, then stop.
 
-        Whatever is not delivered by then stays in the spool (logged with its directory).
+        With the server away (one more connection attempt fails, ``connect_timeout``),
+        it returns at once. Whatever is not delivered stays in the spool (logged with its
+        directory and the ``curvscope upload`` command that sends it).
         """
         self._closing.set()
+        self._interrupt.set()
         self._wake.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -351,6 +355,8 @@ class Transport:
             return backoff
         if self._ws is None and not self._connect():
             self._drain_to_spool()  # the server is away: keep everything on disk
+            if self._closing.is_set():
+                return None  # closing and the server is away: all of it is spooled
             self._wait(backoff)
             return min(2 * backoff, self.options.backoff_max)
         if files:
@@ -360,8 +366,8 @@ class Transport:
         return self.options.backoff_initial
 
     def _wait(self, seconds: float) -> None:
-        """Back off, but wake early when closing gives up (not on mere new messages)."""
-        self._abort.wait(seconds)
+        """Back off, but wake early on closing (not on mere new messages)."""
+        self._interrupt.wait(seconds)
 
     def _connect(self) -> bool:
         try:

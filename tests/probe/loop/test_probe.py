@@ -632,3 +632,17 @@ def test_a_short_last_batch_uses_all_its_samples(tmp_path: Path) -> None:
     assert "subsample=6 on a batch of 4" in events[0].message
     snap = compute_snapshot(model, nn.CrossEntropyLoss(), *_batch(9, 3), config)
     assert snap.groups[0].lambdas.shape[0] == 3
+
+
+def test_close_without_a_server_returns_at_once_and_says_how_to_upload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No server at all: close() does not wait out its timeout; everything is spooled."""
+    options = TransportOptions(connect_timeout=0.5)
+    url = f"http://127.0.0.1:{free_port()}"
+    probe = _run_against(url, "nobody", 5, 2, tmp_path / "spool", options=options)
+    started = time.monotonic()
+    report = probe.close(timeout=120)
+    assert time.monotonic() - started < 60  # not the 120 s it was allowed
+    assert (report.delivered, report.spooled) == (0, 3)
+    assert f"curvscope upload {report.spool_dir} --url {url}" in caplog.text
