@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -39,7 +40,9 @@ __all__ = [
     "ViViTCollector",
     "batch_size_of",
     "cuda_devices",
+    "in_snapshot_pass",
     "resolve_groups",
+    "snapshot_pass",
     "untouched_state",
 ]
 
@@ -252,6 +255,24 @@ class ViViTCollector:
 def cuda_devices(model: nn.Module) -> list[int]:
     """CUDA device indices of the model's parameters (for ``torch.random.fork_rng``)."""
     return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
+_SNAPSHOT = ContextVar("curvscope_snapshot_pass", default=False)
+
+
+def in_snapshot_pass() -> bool:
+    """Whether a :func:`compute_snapshot` pass is running (a Probe's hooks stand aside)."""
+    return _SNAPSHOT.get()
+
+
+@contextmanager
+def snapshot_pass() -> Iterator[None]:
+    """Mark the forward and backward passes run inside as a snapshot's own."""
+    token = _SNAPSHOT.set(True)
+    try:
+        yield
+    finally:
+        _SNAPSHOT.reset(token)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from curvscope.probe.collector import (
     OutputsAdapter,
     ViViTCollector,
     batch_size_of,
+    snapshot_pass,
     untouched_state,
 )
 from curvscope.probe.config import ViViTConfig
@@ -65,7 +66,7 @@ def compute_snapshot(
     for p in params:
         p.grad = None
     try:
-        with untouched_state(model), collector.hooks():
+        with snapshot_pass(), untouched_state(model), collector.hooks():
             out = collector.forward(inputs)
             if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != n:
                 shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__

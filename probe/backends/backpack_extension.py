@@ -204,22 +204,55 @@ def attach_hooks(*modules: nn.Module, failures: list[Exception] | None = None) -
     (:func:`_guarded`).
     """
     run_extensions = hook_run_extensions if failures is None else _guarded(failures)
+    token = object()
     handles: list[torch.utils.hooks.RemovableHandle] = []
     hooked: list[nn.Module] = []
+
+    def store_io(module: nn.Module, inputs: Any, output: Any) -> None:
+        if _INNERMOST.get(id(module), [None])[-1] is token:
+            hook_store_io(module, inputs, output)
+
+    def run(module: nn.Module, g_inp: Any, g_out: Any) -> None:
+        if _INNERMOST.get(id(module), [None])[-1] is token:
+            run_extensions(module, g_inp, g_out)
+
     for root in modules:
         for module in root.modules():
             if is_no_op(module) or getattr(module, "_backpack_extend", False):
                 continue
-            handles.append(module.register_forward_hook(hook_store_io))
-            handles.append(module.register_full_backward_hook(run_extensions))
+            handles.append(module.register_forward_hook(store_io))
+            handles.append(module.register_full_backward_hook(run))
             hooked.append(module)
+            _INNERMOST.setdefault(id(module), []).append(token)
+    # IO another set of hooks stored (a Probe armed for the loop's next backward pass)
+    # outlives this pass: BackPACK's cleanup deletes it, so it is put back afterwards.
+    stored = {m: {k: v for k, v in vars(m).items() if _is_io(k)} for m in hooked}
+    stored = {m: io for m, io in stored.items() if io}
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
         for module in hooked:
+            owners = _INNERMOST[id(module)]
+            owners.remove(token)
+            if not owners:
+                del _INNERMOST[id(module)]
             memory_cleanup(module)
+        for module, io in stored.items():  # what other hooks (an armed Probe) had stored
+            for name, value in io.items():
+                setattr(module, name, value)
+
+
+_INNERMOST: dict[int, list[object]] = {}
+"""Per hooked module, the :func:`attach_hooks` calls that hooked it, innermost last: only
+the innermost one's hooks act, so that ``compute_snapshot`` inside a training step whose
+Probe is armed neither runs BackPACK twice nor disturbs the Probe's pass."""
+
+
+def _is_io(name: str) -> bool:
+    """BackPACK's stored inputs and output (``input0``, ``input1``, ..., ``output``)."""
+    return name == "output" or (name.startswith("input") and name[5:].isdigit())
 
 
 def release_results(*modules: nn.Module) -> None:

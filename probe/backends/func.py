@@ -54,6 +54,11 @@ GENERIC_BUDGET = 1 << 28
 """Entries the batched generic backward may hold at once (chunk size = budget / activations)."""
 
 
+_INNERMOST: dict[int, list[FuncBackend]] = {}
+"""Per observed model and loss, the backends observing them, innermost last: only the
+innermost acts, so ``compute_snapshot`` inside an armed training step disturbs neither."""
+
+
 class FuncBackend(Backend):
     """Factors from ``torch.autograd`` for any model of differentiable torch operations.
 
@@ -95,6 +100,8 @@ class FuncBackend(Backend):
             self.model.register_forward_hook(self._end_forward, always_call=True),
             self.loss_fn.register_forward_hook(self._capture_loss),
         ]
+        for module in (self.model, self.loss_fn):
+            _INNERMOST.setdefault(id(module), []).append(self)
         self._start()  # a forward pre-hook registered now would miss a forward under way
         try:
             yield
@@ -102,7 +109,15 @@ class FuncBackend(Backend):
             self._stop()
             for handle in handles:
                 handle.remove()
+            for module in (self.model, self.loss_fn):
+                owners = _INNERMOST[id(module)]
+                owners.remove(self)
+                if not owners:
+                    del _INNERMOST[id(module)]
             self._tracer, self._captured = None, None
+
+    def _innermost(self, module: nn.Module) -> bool:
+        return _INNERMOST.get(id(module), [None])[-1] is self
 
     def _start(self) -> None:
         if not self._tracing and self._tracer is not None:
@@ -115,12 +130,15 @@ class FuncBackend(Backend):
             self._tracer.__exit__(None, None, None)
 
     def _begin_forward(self, module: nn.Module, args: Any) -> None:
-        self._start()
+        if self._innermost(module):
+            self._start()
 
     def _end_forward(self, module: nn.Module, args: Any, output: Any) -> None:
         self._stop()
 
     def _capture_loss(self, module: nn.Module, args: Any, output: Any) -> None:
+        if not self._innermost(module):
+            return  # a nested snapshot's loss call (compute_snapshot inside an armed step)
         if len(args) >= 2 and isinstance(args[0], Tensor) and isinstance(output, Tensor):
             self._captured = (args[0], args[1], output)
 

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from curvscope.probe.collector import Inputs, OutputsAdapter
+from curvscope.probe.collector import Inputs, OutputsAdapter, in_snapshot_pass
 from curvscope.probe.config import ViViTConfig
 from curvscope.probe.errors import ConfigError, NonFiniteLossError
 from curvscope.probe.loop.measurement import HeldOut, InLoop
@@ -156,7 +156,6 @@ class Probe:
         self._batch_size = 0
         self._loss_value = math.nan
         self._closed = False
-        self._quiet = False
         self._report_close: CloseReport | None = None
 
         self._handles = [
@@ -266,17 +265,21 @@ class Probe:
 
     def _before_forward(self, module: nn.Module, args: Any) -> None:
         # A one-layer model armed here would miss its own backward hook (see _ahead).
-        if self._ahead or self._armed or self._quiet or self._closed or not torch.is_grad_enabled():
+        if self._ahead or self._armed or self._closed or self._standing_aside():
             return
         if self._steps.next_scheduled():
             self._arm()
 
     def _after_loss(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._armed and not self._quiet and isinstance(output, Tensor):
+        if self._armed and not self._standing_aside() and isinstance(output, Tensor):
             self._loss = output.detach()
             first = args[0] if args else None
             batched = isinstance(first, Tensor) and first.dim() > 0
             self._batch_size = int(first.shape[0]) if batched else 0  # 0: refused at backward
+
+    def _standing_aside(self) -> bool:
+        """No gradients, or a snapshot's own pass (held-out, or a user's compute_snapshot)."""
+        return in_snapshot_pass() or not torch.is_grad_enabled()
 
     # -- internals --------------------------------------------------------------------
 
@@ -353,8 +356,7 @@ class Probe:
             try:
                 snapshot = self._measure_in.snapshot()
             finally:
-                self._quiet = False
-            loss = snapshot.loss if train_loss is None else train_loss
+                loss = snapshot.loss if train_loss is None else train_loss
         message = encode_snapshot(
             snapshot,
             run=self.run,

@@ -646,3 +646,30 @@ def test_close_without_a_server_returns_at_once_and_says_how_to_upload(
     assert time.monotonic() - started < 60  # not the 120 s it was allowed
     assert (report.delivered, report.spooled) == (0, 3)
     assert f"curvscope upload {report.spool_dir} --url {url}" in caplog.text
+
+
+@pytest.mark.parametrize("backend", ["backpack", "func"])
+def test_compute_snapshot_inside_an_armed_step(tmp_path: Path, backend: str) -> None:
+    """A one-off snapshot between the loop's forward and backward disturbs neither."""
+    model = _mlp().double()
+    loss_fn = nn.CrossEntropyLoss()
+    config = ViViTConfig(backend=backend)
+    probe = Probe(
+        model, loss_fn, run="nested", url=None, every=2, spool_dir=tmp_path, config=config
+    )
+    x, y = _batch(0)
+    other_x, other_y = _batch(1)
+    x, other_x = x.double(), other_x.double()
+    expected = compute_snapshot(model, loss_fn, x, y, config).groups[0].eigvals
+    expected_other = compute_snapshot(model, loss_fn, other_x, other_y, config).groups[0].eigvals
+    loss = loss_fn(model(x), y)  # step 0 is armed
+    nested = compute_snapshot(model, loss_fn, other_x, other_y, config).groups[0].eigvals
+    with probe(0):
+        loss.backward()
+    probe.close()
+    snaps, events = _spooled(tmp_path)
+    assert events == []
+    assert torch.allclose(nested, expected_other, rtol=1e-12, atol=0)
+    (snap,) = snaps
+    ours = torch.tensor(snap.groups[0].eigvals, dtype=torch.float64)
+    assert torch.allclose(ours, expected, rtol=1e-12, atol=0)
