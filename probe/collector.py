@@ -144,11 +144,6 @@ class ViViTCollector:
         """The module whose forward pass is measured (BackPACK's converted one, if needed)."""
         return getattr(self.backend, "module", self.model)
 
-    @property
-    def needs_conversion(self) -> bool:
-        """Whether the forward pass must run through BackPACK's converted module."""
-        return self.module is not self.model
-
     def forward(self, inputs: Inputs) -> Tensor:
         """The loss input for ``inputs``: a tensor, a tuple (positional) or a dict (keywords)."""
         if isinstance(inputs, dict):

@@ -51,7 +51,7 @@ from curvscope.probe.collector import Inputs, OutputsAdapter, in_snapshot_pass
 from curvscope.probe.config import ViViTConfig
 from curvscope.probe.errors import ConfigError, NonFiniteLossError
 from curvscope.probe.loop.measurement import HeldOut, InLoop
-from curvscope.probe.loop.reporting import Reporter
+from curvscope.probe.loop.reporting import Level, Reporter
 from curvscope.probe.loop.schedules import Schedule, as_schedule
 from curvscope.probe.loop.steps import StepNumbering, StepPredictor
 from curvscope.probe.loop.wire import Mode, encode_snapshot
@@ -372,8 +372,8 @@ class Probe:
     def _fail(self, step: int | None, err: Exception) -> None:
         self._reporter.fail(step, err)
 
-    def _report(self, step: int | None, level: str, text: str) -> None:
-        self._reporter.report(step, level, text)  # type: ignore[arg-type]
+    def _report(self, step: int | None, level: Level, text: str) -> None:
+        self._reporter.report(step, level, text)
 
     def _at_exit(self) -> None:
         self.close(timeout=10.0)
