@@ -180,19 +180,32 @@ class ViViTCollector:
             self._accumulators = []  # no snapshot follows a failed pass
             raise
 
-    def snapshot(self, loss: float) -> Snapshot:
+    def discard(self) -> None:
+        """Let go of the pass's sums and factors (no snapshot of it follows)."""
+        self._accumulators = []
+
+    def snapshot(self, loss: float, grad_scale: float = 1.0) -> Snapshot:
         """Turn the accumulated Gram matrices into the snapshot's spectra and statistics.
+
+        Args:
+            loss: the loss module's output (the snapshot's ``loss``).
+            grad_scale: ``s`` when the backward pass inside :meth:`backward` was of a
+                scaled loss (``s·loss``: ``loss / k`` under gradient accumulation, a loss
+                scaler's ``loss · 2^m``), as the gradient reaching the loss's output says.
+                A backend whose gradients come from that pass (BackPACK) has them divided
+                by ``s``, so that γ, ‖g‖² and the curvature are all of ``loss`` itself.
 
         The collector lets go of the pass's sums and factors: kept factors live on only in
         the returned snapshot (for :meth:`GroupSpectrum.combine`), never until the next pass.
         """
         accumulators, self._accumulators = self._accumulators, []
-        groups = [self._group_spectrum(acc) for acc in accumulators]
+        unscale = 1.0 / grad_scale if self.backend.needs_loss_backward else 1.0
+        groups = [self._group_spectrum(acc, unscale) for acc in accumulators]
         return Snapshot(
             loss=loss, batch_size=self._batch_size, groups=groups, backend=self.backend.name
         )
 
-    def _group_spectrum(self, acc: GramAccumulator) -> GroupSpectrum:
+    def _group_spectrum(self, acc: GramAccumulator, unscale: float = 1.0) -> GroupSpectrum:
         n = self._batch_size
         m = n if self._subsampling is None else len(self._subsampling)
         like = next(iter(acc.params), None)
@@ -214,13 +227,13 @@ class ViViTCollector:
         # Curvature from a subset, with the loss's own reduction on that subset (BackPACK
         # keeps the full batch's 1/N, the subset's mean needs 1/M: V scales by √(N/M)).
         scale = self.backend.curvature_scale(n, m) if m != n else 1.0
-        gram, vt_grads = acc.gram * scale, acc.vt_grads * math.sqrt(scale)
+        gram, vt_grads = acc.gram * scale, acc.vt_grads * (math.sqrt(scale) * unscale)
         eigvals, eigvecs = nontrivial_eigh(gram, self.config.eig_rtol)
         top = eigvals.shape[0] if self.config.top_k is None else self.config.top_k
         lam, vecs = eigvals[:top], eigvecs[:, :top]
         gammas = directional_gradients(vt_grads, lam, vecs)
         lambdas = directional_curvatures(lam, vecs, gram.shape[0] // m)
-        grad_norm_sq = acc.grad_norm_sq
+        grad_norm_sq = acc.grad_norm_sq * unscale**2
         spectrum = GroupSpectrum(
             name=acc.name,
             params=acc.params,

@@ -16,6 +16,7 @@ from curvscope.probe.collector import (
 )
 from curvscope.probe.config import ViViTConfig
 from curvscope.probe.errors import BatchSizeMismatchError, NonFiniteLossError
+from curvscope.probe.precision import full_precision, no_autocast
 from curvscope.probe.snapshot import Snapshot
 
 __all__ = ["compute_snapshot"]
@@ -50,6 +51,10 @@ def compute_snapshot(
         keep_factors: keep the GGN factors so that :meth:`GroupSpectrum.combine` works.
         outputs: adapter from the model's return value to the loss input.
 
+    The pass runs outside ``torch.autocast`` (also when called inside it), and a model with
+    ``float16``/``bfloat16`` weights is measured on ``float32`` versions of them (the batch
+    cast alike; see :mod:`curvscope.probe.precision`): the snapshot is ``float32``.
+
     Returns:
         The snapshot. The model's ``p.grad``, buffers (running statistics), modes and the
         RNG state are left exactly as they were, and nothing stays attached to the model.
@@ -66,7 +71,14 @@ def compute_snapshot(
     for p in params:
         p.grad = None
     try:
-        with snapshot_pass(), untouched_state(model), collector.hooks():
+        with (
+            full_precision(model, collector.module, loss_fn) as cast,
+            no_autocast(),
+            snapshot_pass(),
+            untouched_state(model),
+            collector.hooks(),
+        ):
+            inputs, targets = cast(inputs), cast(targets)
             out = collector.forward(inputs)
             if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != n:
                 shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__

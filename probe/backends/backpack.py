@@ -89,6 +89,9 @@ class BackpackBackend(Backend):
             # BackPACK's full backward hooks fire on the first layer, whose input needs no
             # gradient; PyTorch warns about it, but that is exactly what BackPACK expects.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            # A scaled loss (s·loss) is measured as the loss itself: the collector divides
+            # the gradients by the s the Probe saw reach the loss (Probe._on_loss_grad).
+            warnings.filterwarnings("ignore", message="The output of .* seems to have been")
             if seeded:
                 torch.manual_seed(self.config.seed)
             self._failures.clear()

@@ -62,9 +62,24 @@ class InLoop:
             raise NonFiniteLossError(f"the loss is {loss}; no snapshot")
         return self.collector.backward(batch_size)
 
-    def snapshot(self, loss: float) -> Snapshot:
-        """The snapshot of the pass."""
-        return self.collector.snapshot(loss)
+    def snapshot(self, loss: float, grad_scale: float = 1.0) -> Snapshot:
+        """The snapshot of the pass; ``grad_scale``: the backward pass was of ``s·loss``."""
+        return self.collector.snapshot(loss, grad_scale)
+
+    def drop(self) -> None:
+        """Let go of the pass's factors without a snapshot."""
+        self.collector.discard()
+
+    def again(self, inputs: Inputs, targets: Tensor, outputs: OutputsAdapter | None) -> Snapshot:
+        """The batch measured again in float32 outside autocast (AMP, half weights).
+
+        The model's modes stay as the loop has them (dropout draws new masks from a forked
+        RNG); buffers, ``p.grad`` and the RNG are left as they were.
+        """
+        with torch.random.fork_rng(devices=cuda_devices(self.model)):
+            return compute_snapshot(
+                self.model, self.loss_fn, inputs, targets, self.config, outputs=outputs
+            )
 
 
 class HeldOut:

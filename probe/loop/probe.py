@@ -29,6 +29,22 @@ on that fixed batch on exit from a scheduled ``probe(step)``, with the model in 
 Failures inside the probe are logged (``logging``, logger ``curvscope.probe``) and sent to
 the server as run events (level ``error``); they never reach the training loop unless
 ``strict=True``. What can be checked up front raises at construction.
+
+**Loops people write** (docs/loops.md):
+
+- *a scaled loss* (``(loss / k).backward()`` under gradient accumulation, a loss scaler's
+  ``scaler.scale(loss).backward()``): the gradient reaching the loss module's output says
+  by how much; the snapshot is of the loss module's output itself (γ, ‖g‖² and the
+  curvature alike). A step number repeated for k micro-batches is measured once, on its
+  first micro-batch.
+- *AMP* (``torch.autocast``) and ``float16``/``bfloat16`` weights: a scheduled step's batch
+  is measured again after the user's backward, in ``float32`` outside autocast
+  (:func:`~curvscope.probe.compute_snapshot`): one more forward and backward pass, with
+  dropout masks drawn anew from a forked RNG.
+- *torch.distributed*: only rank 0 measures and streams (its local batch); on the other
+  ranks the probe is inert (``probe.active`` is ``False``).
+- ``probe.expect(step)`` before the forward pass tells the probe the step exactly (the
+  trainer integrations do); otherwise it predicts the next step from the last stride.
 """
 
 from __future__ import annotations
@@ -39,6 +55,7 @@ import os
 import re
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -55,6 +72,8 @@ from curvscope.probe.loop.reporting import Level, Reporter
 from curvscope.probe.loop.schedules import Schedule, as_schedule
 from curvscope.probe.loop.steps import StepNumbering, StepPredictor
 from curvscope.probe.loop.wire import Mode, encode_snapshot
+from curvscope.probe.precision import autocast_active, is_low_precision
+from curvscope.probe.snapshot import Snapshot
 from curvscope.probe.stream.spool import Spool
 from curvscope.probe.stream.transport import (
     CloseReport,
@@ -87,8 +106,10 @@ class Probe:
             created when first needed and named in the log).
         strict: let errors inside the probe propagate (for debugging) instead of logging
             and reporting them.
-        outputs: adapter from the model's return value to the loss input, for the
-            held-out batch (in-loop mode measures whatever the loop passes to ``loss_fn``).
+        outputs: adapter from the model's return value to the loss input: for the held-out
+            batch, and in-loop when a step is measured again in ``float32`` (AMP, half
+            weights); otherwise in-loop mode measures whatever the loop passes to
+            ``loss_fn``.
         transport_options: queue size, timeouts and backoff of the sender.
 
     Raises:
@@ -118,12 +139,21 @@ class Probe:
             )
         if url is None and spool_dir is None:
             raise ConfigError("url=None is offline mode and needs a spool_dir to write to")
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module  # its forward runs inside the wrapper's
         self.model = model
         self.loss_fn = loss_fn
         self.run = run
         self.config = config or ViViTConfig()
         self.schedule = as_schedule(every)
         self.strict = strict
+        self.outputs = outputs
+        self.active = _rank() == 0
+        """Whether this probe measures: ``False`` on ranks other than 0 of torch.distributed."""
+        self._closed = not self.active
+        self._report_close: CloseReport | None = None if self.active else CloseReport(0, 0, 0, None)
+        if not self.active:
+            return
         self._measure_in: InLoop | HeldOut = (
             InLoop(model, loss_fn, self.config)
             if monitor_batch is None
@@ -140,6 +170,7 @@ class Probe:
         self._reporter = Reporter(run, self._sink, strict)
 
         self._steps = StepPredictor(self.schedule)
+        self._expected: int | None = None  # the next forward's step, when the loop said it
         self._numbering = StepNumbering()
         self._numbering_last_user: int | None = None
         self._renumbered = False
@@ -155,12 +186,22 @@ class Probe:
         self._loss: Tensor | None = None
         self._batch_size = 0
         self._loss_value = math.nan
-        self._closed = False
-        self._report_close: CloseReport | None = None
+        # The gradient the user's backward pass carried to the loss's output: s for s·loss.
+        self._listening = False
+        self._grad_scale: float | None = None
+        self._scale_said = False
+        # A step measured again in float32 (AMP, half weights): the forward's inputs, the
+        # model's return value, the loss call's targets.
+        self._recompute: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self._model_out: Any = None
+        self._targets: Any = None
+        self._adapter_missing = False
+        self._precision_said = False
 
         self._handles = [
-            model.register_forward_pre_hook(self._before_forward),
-            loss_fn.register_forward_hook(self._after_loss),
+            model.register_forward_pre_hook(_Hook(self._before_forward), with_kwargs=True),
+            model.register_forward_hook(_Hook(self._after_forward)),
+            loss_fn.register_forward_hook(_Hook(self._after_loss), with_kwargs=True),
         ]
         # A backend whose hooks must be in place before the forward starts (BackPACK on a
         # model that is itself one layer) is attached one step ahead, not in the pre-hook.
@@ -176,6 +217,22 @@ class Probe:
 
     # -- the user's loop --------------------------------------------------------------
 
+    def expect(self, step: int) -> None:
+        """Say that the model's next forward pass belongs to the loop's step ``step``.
+
+        Optional: without it the probe predicts the next step from the last stride. Call
+        it before the forward (trainer integrations do, from their batch-start hook).
+        """
+        if self._closed:
+            return
+        self._expected = self._numbering.peek(step)
+        if self._ahead:  # hooks attached one step ahead on the prediction: follow the loop
+            due = self._steps.is_scheduled(self._expected)
+            if due and not self._armed:
+                self._arm()
+            elif not due and self._armed:
+                self._disarm()
+
     def __call__(self, step: int) -> Probe:
         """``with probe(step): loss.backward()`` -- measure this step if it is scheduled.
 
@@ -183,6 +240,8 @@ class Probe:
         numbers on from its last step (said once, as a warning event) and sends the loop's
         own step along as ``user_step``: no snapshot is merged into another.
         """
+        if not self.active:
+            return self
         probe_step, restarted = self._numbering(step)
         if restarted and not self._renumbered:
             self._renumbered = True
@@ -199,6 +258,8 @@ class Probe:
         return self
 
     def __enter__(self) -> Probe:
+        if not self.active:
+            return self
         step = self._step
         if step is None:
             raise RuntimeError("use the probe as `with probe(step):`")
@@ -224,9 +285,12 @@ class Probe:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if not self.active:
+            return
         step = self._step
         assert step is not None
         self._step = None
+        self._listening = False
         try:
             if self._backward is not None:
                 backward, self._backward = self._backward, None
@@ -246,7 +310,7 @@ class Probe:
 
         Returns what was delivered and what is still spooled (also logged). Idempotent.
         """
-        if self._report_close is not None:
+        if self._report_close is not None:  # closed before, or inactive
             return self._report_close
         self._closed = True
         self._disarm()
@@ -259,23 +323,55 @@ class Probe:
     @property
     def spool_dir(self) -> Path | None:
         """The spool directory (``None`` until a temporary one was needed)."""
-        return self._sink.spool.directory
+        return self._sink.spool.directory if self.active else None
 
     # -- hooks (run inside the user's forward) ------------------------------------------
 
-    def _before_forward(self, module: nn.Module, args: Any) -> None:
-        # A one-layer model armed here would miss its own backward hook (see _ahead).
-        if self._ahead or self._armed or self._closed or self._standing_aside():
+    def _before_forward(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if self._closed or self._standing_aside():
             return
-        if self._steps.next_scheduled():
-            self._arm()
+        # A one-layer model armed here would miss its own backward hook (see _ahead).
+        if not self._armed and not self._ahead:
+            expected = self._expected
+            due = (
+                self._steps.next_scheduled()
+                if expected is None
+                else self._steps.is_scheduled(expected)
+            )
+            if due:
+                self._arm()
+        if (
+            self._armed
+            and isinstance(self._measure_in, InLoop)
+            and (autocast_active() or is_low_precision(self.model, self.loss_fn))
+        ):
+            # Half precision cannot carry the snapshot: measure the batch again in float32
+            # after the user's backward; the backend's observers are not needed now.
+            if self._hooks is not None:
+                hooks, self._hooks = self._hooks, None
+                hooks.close()
+            self._recompute = (tuple(args), dict(kwargs))
 
-    def _after_loss(self, module: nn.Module, args: Any, output: Any) -> None:
+    def _after_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._recompute is not None and self._model_out is None:
+            self._model_out = output
+
+    def _after_loss(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
         if self._armed and not self._standing_aside() and isinstance(output, Tensor):
             self._loss = output.detach()
-            first = args[0] if args else None
+            first = args[0] if args else kwargs.get("input")
             batched = isinstance(first, Tensor) and first.dim() > 0
             self._batch_size = int(first.shape[0]) if batched else 0  # 0: refused at backward
+            if output.requires_grad:
+                output.register_hook(self._on_loss_grad)
+            if self._recompute is not None:
+                self._targets = args[1] if len(args) > 1 else kwargs.get("target")
+                self._adapter_missing = self.outputs is None and first is not self._model_out
+
+    def _on_loss_grad(self, grad: Tensor) -> None:
+        """The user's backward pass reached the loss: ``grad`` is ``s`` of ``s·loss``."""
+        if self._listening and self._grad_scale is None and grad.numel() == 1:
+            self._grad_scale = float(grad)
 
     def _standing_aside(self) -> bool:
         """No gradients, or a snapshot's own pass (held-out, or a user's compute_snapshot)."""
@@ -285,9 +381,13 @@ class Probe:
 
     def _advance(self, step: int) -> None:
         self._steps.advance(step)
+        self._expected = None
         self._scheduled = False
         self._arm_failed = False
         self._loss = None
+        self._grad_scale = None
+        self._recompute = self._model_out = self._targets = None
+        self._adapter_missing = False
         if self._ahead and not self._closed and self._steps.next_scheduled():
             self._arm()
 
@@ -312,7 +412,7 @@ class Probe:
     def _begin_backward(self, step: int) -> None:
         """In-loop: collect the factors of the user's ``loss.backward()``."""
         assert isinstance(self._measure_in, InLoop)
-        if self._hooks is None:
+        if self._hooks is None and self._recompute is None:
             self._scheduled = False
             if self._arm_failed:
                 return
@@ -339,24 +439,32 @@ class Probe:
                 f"subsample={sub} on a batch of {self._batch_size} samples: the curvature of "
                 "such (short) batches uses all of their samples",
             )
-        stack = ExitStack()
-        stack.enter_context(self._measure_in.backward(self._loss_value, self._batch_size))
-        self._backward = stack
+        if self._recompute is None:
+            stack = ExitStack()
+            stack.enter_context(self._measure_in.backward(self._loss_value, self._batch_size))
+            self._backward = stack
+        elif not math.isfinite(self._loss_value):
+            raise NonFiniteLossError(f"the loss is {self._loss_value}; no snapshot")
+        self._listening = True  # the user's backward pass comes next
 
     def _measure(self, step: int) -> None:
         wall_time = time.time()
-        if isinstance(self._measure_in, InLoop):
-            snapshot = self._measure_in.snapshot(self._loss_value)
+        if isinstance(self._measure_in, InLoop) and self._recompute is not None:
+            snapshot = self._measure_again(step)
+            loss = snapshot.loss  # float32, as the rest of the snapshot
+        elif isinstance(self._measure_in, InLoop):
+            scale = self._unscaled(step)
+            if scale is None:
+                self._measure_in.drop()
+                return
+            snapshot = self._measure_in.snapshot(self._loss_value, scale)
             loss = self._loss_value
         else:
             train_loss = float(self._loss) if self._loss is not None else None
             if train_loss is not None and not math.isfinite(train_loss):
                 raise NonFiniteLossError(f"the training loss is {train_loss}; no snapshot")
-            self._quiet = True  # our own hooks stand aside during the monitor pass
-            try:
-                snapshot = self._measure_in.snapshot()
-            finally:
-                loss = snapshot.loss if train_loss is None else train_loss
+            snapshot = self._measure_in.snapshot()
+            loss = snapshot.loss if train_loss is None else train_loss
         message = encode_snapshot(
             snapshot,
             run=self.run,
@@ -369,6 +477,55 @@ class Probe:
         )
         self._sink.submit(message)
 
+    def _unscaled(self, step: int) -> float | None:
+        """``s`` of the backpropagated ``s·loss`` (said once); ``None``: no snapshot."""
+        scale = 1.0 if self._grad_scale is None else self._grad_scale
+        if scale == 0.0 or not math.isfinite(scale):
+            self._report(
+                step,
+                "warning",
+                f"the backward pass carried a gradient of {scale} to the loss (a loss "
+                "scaler's overflow step?): no snapshot",
+            )
+            return None
+        if scale != 1.0 and not self._scale_said:
+            self._scale_said = True
+            self._report(
+                step,
+                "info",
+                f"the backward pass is of {scale:g} × the loss (gradient accumulation, a loss "
+                "scaler): snapshots are of the loss module's output itself",
+            )
+        return scale
+
+    def _measure_again(self, step: int) -> Snapshot:
+        """A step under autocast or with half weights, measured in float32 (said once)."""
+        assert isinstance(self._measure_in, InLoop) and self._recompute is not None
+        if self._adapter_missing:
+            raise ConfigError(
+                "under autocast (or with float16/bfloat16 weights) the probe measures the "
+                "batch again in float32 and must know how the model's return value becomes "
+                "the loss input: pass Probe(..., outputs=lambda out: ...)"
+            )
+        args, kwargs = self._recompute
+        if args and kwargs:
+            raise ConfigError(
+                "under autocast the probe measures the batch again in float32, from the "
+                "model's inputs: positional and keyword inputs together are not supported; "
+                "call the model with either"
+            )
+        inputs: Inputs = kwargs if kwargs else (args[0] if len(args) == 1 else args)
+        if not self._precision_said:
+            self._precision_said = True
+            self._report(
+                step,
+                "info",
+                "the loop runs under autocast or with float16/bfloat16 weights: each "
+                "scheduled batch is measured again in float32 outside autocast (one more "
+                "forward and backward pass; dropout masks drawn anew)",
+            )
+        return self._measure_in.again(inputs, self._targets, self.outputs)
+
     def _fail(self, step: int | None, err: Exception) -> None:
         self._reporter.fail(step, err)
 
@@ -377,3 +534,35 @@ class Probe:
 
     def _at_exit(self) -> None:
         self.close(timeout=10.0)
+
+
+def _rank() -> int:
+    """This process's rank under torch.distributed (0 without it)."""
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+class _Hook:
+    """A module hook calling into the probe. A copy of the model (``copy.deepcopy``, an EMA
+    model) or a pickle of it (``torch.save(model)``) gets a hook that does nothing instead:
+    the probe (its threads, its locks) is neither copied nor pickled."""
+
+    def __init__(self, hook: Callable[..., None]) -> None:
+        self._hook = hook
+
+    def __call__(self, *args: Any) -> None:
+        self._hook(*args)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Callable[..., None]:
+        return _detached
+
+    def __reduce__(self) -> tuple[Callable[[], Callable[..., None]], tuple[()]]:
+        return (_detached_hook, ())
+
+
+def _detached(*args: Any) -> None:
+    """What a copied or unpickled model has in place of the probe's hooks."""
+
+
+def _detached_hook() -> Callable[..., None]:
+    return _detached

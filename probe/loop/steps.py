@@ -21,6 +21,12 @@ class StepNumbering:
         self.last_user: int | None = None
         self.last: int | None = None
 
+    def peek(self, user_step: int) -> int:
+        """The probe step ``user_step`` will get (nothing changes)."""
+        if self.last_user is not None and self.last is not None and user_step < self.last_user:
+            return self.last + 1
+        return user_step + self.offset
+
     def __call__(self, user_step: int) -> tuple[int, bool]:
         """``(probe_step, restarted)`` for the loop's ``user_step``."""
         restarted = False
