@@ -140,14 +140,15 @@ def main() -> None:
             ratios[name].append(own / base_time)
         counter += 1  # a gap in the steps: the in-loop prediction must cope
     # The probe's own work on an unscheduled step, without the training step around it
-    # (immune to the noise of a shared machine): the context manager and both hooks.
+    # (immune to the noise of a shared machine): the context manager and the three hooks.
     probe = variants["unscheduled"][1]
     assert probe is not None
     reps = 20_000
     start = time.perf_counter()
     for _ in range(reps):
-        probe._before_forward(probe.model, (x,))
-        probe._after_loss(probe.loss_fn, (x, y), x)
+        probe._before_forward(probe.model, (x,), {})
+        probe._after_forward(probe.model, (x,), x)
+        probe._after_loss(probe.loss_fn, (x, y), {}, x)
         with probe(counter):
             pass
         counter += 1

@@ -36,7 +36,13 @@ from curvscope.server.protocol import (
     EventMessage,
     SnapshotMessage,
 )
-from curvscope.server.store import SnapshotRecord, Store, snapshot_payload_json
+from curvscope.server.store import (
+    RunTaken,
+    SnapshotRecord,
+    StepConflict,
+    Store,
+    snapshot_payload_json,
+)
 
 __all__ = [
     "BAD_INPUT",
@@ -49,7 +55,9 @@ __all__ = [
     "ERROR_MISSING_FIELD",
     "ERROR_NON_FINITE",
     "ERROR_NOT_AN_OBJECT",
+    "ERROR_RUN_TAKEN",
     "ERROR_SHAPE_MISMATCH",
+    "ERROR_STEP_CONFLICT",
     "ERROR_STORE_FAILED",
     "ERROR_UNAUTHORIZED",
     "ERROR_UNKNOWN_TYPE",
@@ -75,6 +83,8 @@ ERROR_BINARY_FRAME = "binary_frame"
 ERROR_UNAUTHORIZED = "unauthorized"
 ERROR_FORBIDDEN_ORIGIN = "forbidden_origin"
 ERROR_STORE_FAILED = "store_failed"
+ERROR_RUN_TAKEN = "run_taken"
+ERROR_STEP_CONFLICT = "step_conflict"
 
 BAD_INPUT: dict[str, int | None] = {
     ERROR_MALFORMED_JSON: None,
@@ -91,6 +101,8 @@ BAD_INPUT: dict[str, int | None] = {
     ERROR_UNAUTHORIZED: CLOSE_UNAUTHORIZED,
     ERROR_FORBIDDEN_ORIGIN: CLOSE_FORBIDDEN_ORIGIN,
     ERROR_STORE_FAILED: CLOSE_INTERNAL_ERROR,
+    ERROR_RUN_TAKEN: None,
+    ERROR_STEP_CONFLICT: None,
 }
 """Error code -> close code; ``None``: the connection continues with the next message."""
 
@@ -182,6 +194,28 @@ async def handle_text(text: str, store: Store, hub: Hub, *, live_window_s: float
             inserted = await asyncio.to_thread(store.append_snapshot, parsed, received_at)
         else:
             inserted = await asyncio.to_thread(store.append_event, parsed, received_at)
+    except RunTaken as taken:
+        owner = f"instance {taken.owner}" if taken.owner else "a probe from before instances"
+        return Reply(
+            ErrorMessage(
+                code=ERROR_RUN_TAKEN,
+                message=f"run {parsed.run!r} belongs to another probe ({owner}): continue it "
+                "with Probe(..., resume=True) (curvscope upload --resume), or choose another "
+                "run name",
+                run=parsed.run,
+                step=parsed.step,
+            )
+        )
+    except StepConflict:
+        return Reply(
+            ErrorMessage(
+                code=ERROR_STEP_CONFLICT,
+                message=f"run {parsed.run!r} already has a different snapshot at step "
+                f"{parsed.step}; the stored one is kept",
+                run=parsed.run,
+                step=parsed.step,
+            )
+        )
     except Exception:
         log.exception("could not store %s for run %r", parsed.type, parsed.run)
         return _error(ERROR_STORE_FAILED, "the server could not store the message; resend later")

@@ -29,6 +29,7 @@ __all__ = [
     "CLOSE_UNSUPPORTED_DATA",
     "CLOSE_UNSUPPORTED_SCHEMA",
     "DEFAULT_BACKEND",
+    "INSTANCE_PATTERN",
     "MAX_RUN_NAME_LENGTH",
     "MAX_STEP",
     "RUN_NAME_PATTERN",
@@ -41,6 +42,7 @@ __all__ = [
     "EventMessage",
     "GroupPayload",
     "IngestMessage",
+    "Instance",
     "RunName",
     "SnapshotMessage",
     "parse_ingest_message",
@@ -97,6 +99,14 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 MAX_STEP = 2**62
 """The largest step a snapshot may have (fits SQLite's signed 64-bit integers)."""
 Step = Annotated[int, Field(ge=0, le=MAX_STEP)]
+INSTANCE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+Instance = Annotated[
+    str,
+    Field(
+        pattern=INSTANCE_PATTERN,
+        description="The probe instance (one per Probe, a random UUID) that sent the message.",
+    ),
+]
 
 
 class _Message(BaseModel):
@@ -194,6 +204,12 @@ class SnapshotMessage(_Message):
     step: Step
     user_step: Step | None = None
     """The training loop's own step number, when the probe renumbered (a restarted count)."""
+    instance: Instance | None = None
+    """The probe instance that computed it: a run belongs to one instance at a time (see
+    ``resume``); ``None`` (older probes) claims nothing."""
+    resume: bool = False
+    """The instance continues the run of this name even if another instance started it
+    (``Probe(resume=True)``); without it, a run owned by another instance is refused."""
     wall_time: FiniteFloat
     loss: FiniteFloat
     batch_size: int = Field(ge=1)
@@ -212,6 +228,10 @@ class EventMessage(_Message):
     schema_version: Literal[1] = SCHEMA_VERSION
     run: RunName
     step: Step | None = None
+    instance: Instance | None = None
+    """As :attr:`SnapshotMessage.instance`."""
+    resume: bool = False
+    """As :attr:`SnapshotMessage.resume`."""
     wall_time: FiniteFloat
     level: Literal["info", "warning", "error"] = "error"
     message: str = Field(max_length=10_000)

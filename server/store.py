@@ -18,7 +18,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,10 @@ __all__ = [
     "EventRecord",
     "LightSnapshot",
     "RunSummary",
+    "RunTaken",
     "SQLiteStore",
     "SnapshotRecord",
+    "StepConflict",
     "Store",
     "StoreError",
     "downsample_indices",
@@ -40,6 +42,44 @@ __all__ = [
 
 class StoreError(RuntimeError):
     """The store cannot be opened or used (unknown schema version, unreadable file...)."""
+
+
+class RunTaken(Exception):
+    """The run belongs to another probe instance and the message does not resume it.
+
+    Attributes:
+        run: the run's name.
+        owner: the instance that owns it (``None``: a run from before instances, or one
+            written by a client that sends none).
+    """
+
+    def __init__(self, run: str, owner: str | None) -> None:
+        super().__init__(run, owner)
+        self.run, self.owner = run, owner
+
+
+class StepConflict(Exception):
+    """A different snapshot is already stored under the same key ``(run, step)``."""
+
+    def __init__(self, run: str, step: int) -> None:
+        super().__init__(run, step)
+        self.run, self.step = run, step
+
+
+_NOT_CONTENT = ("wall_time", "instance")
+"""Payload fields that say when and by whom, not what: a replay differs only in these."""
+
+
+def same_payload(stored: str, payload: str) -> bool:
+    """Whether two stored payloads (JSON text) hold the same snapshot: the same numbers,
+    whenever and by whichever probe instance they were computed."""
+    if stored == payload:
+        return True
+    a, b = json.loads(stored), json.loads(payload)
+    for field in _NOT_CONTENT:
+        a.pop(field, None)
+        b.pop(field, None)
+    return bool(a == b)
 
 
 @dataclass(frozen=True)
@@ -123,8 +163,8 @@ def light_snapshot(snapshot: dict[str, Any], top: int) -> LightSnapshot:
 
 
 def snapshot_payload_json(message: SnapshotMessage) -> str:
-    """The stored JSON of a snapshot message (no ``type``, no ``schema_version``)."""
-    return message.model_dump_json(exclude={"type", "schema_version"})
+    """The stored JSON of a snapshot message (no ``type``, ``schema_version``, ``resume``)."""
+    return message.model_dump_json(exclude={"type", "schema_version", "resume"})
 
 
 def downsample_indices(n: int, max_points: int | None) -> list[int]:
@@ -148,12 +188,25 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def append_snapshot(self, message: SnapshotMessage, received_at: float) -> bool:
-        """Store a snapshot durably; ``False`` if ``(run, step)`` was already stored (then
-        nothing changes)."""
+        """Store a snapshot durably; ``False`` if the same snapshot was already stored under
+        ``(run, step)`` (then nothing changes).
+
+        A run belongs to the probe instance that wrote it first; a message of another
+        instance is refused unless it resumes the run (``message.resume``: the run then
+        belongs to the new instance). A message without an instance claims nothing.
+
+        Raises:
+            RunTaken: the run belongs to another instance and the message does not resume.
+            StepConflict: a different snapshot is stored under ``(run, step)``.
+        """
 
     @abc.abstractmethod
     def append_event(self, message: EventMessage, received_at: float) -> bool:
-        """Store an event durably; ``False`` if the identical event was already stored."""
+        """Store an event durably; ``False`` if the identical event was already stored.
+
+        Raises:
+            RunTaken: as :meth:`append_snapshot`.
+        """
 
     @abc.abstractmethod
     def list_runs(self) -> list[RunSummary]:
@@ -250,6 +303,12 @@ _MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
                 SET payload = json_set(payload, '$.config.backend', 'backpack')
                 WHERE json_type(payload, '$.config.backend') IS NULL""",
         ),
+    ),
+    (
+        3,
+        # The probe instance that owns the run (``SnapshotMessage.instance``); NULL for runs
+        # from before instances, which a new instance must resume explicitly.
+        ("ALTER TABLE runs ADD COLUMN instance TEXT",),
     ),
 ]
 """Schema migrations ``(version, statements)``; append, never edit a released one."""
@@ -366,46 +425,85 @@ class SQLiteStore(Store):
                 raise
         return first
 
-    def _touch_run(self, run: str, received_at: float) -> tuple[str, tuple[Any, ...]]:
-        return (
-            "INSERT INTO runs (name, created_at, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET updated_at = excluded.updated_at",
-            (run, received_at, received_at),
-        )
+    @staticmethod
+    def _claim(
+        conn: sqlite3.Connection, message: SnapshotMessage | EventMessage, received_at: float
+    ) -> None:
+        """Create the run for ``message``'s instance, or check (or, resuming, move) its owner."""
+        row = conn.execute("SELECT instance FROM runs WHERE name = ?", (message.run,)).fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO runs (name, created_at, updated_at, instance) VALUES (?, ?, ?, ?)",
+                (message.run, received_at, received_at, message.instance),
+            )
+        elif message.instance is not None and row[0] != message.instance:
+            if not message.resume:
+                raise RunTaken(message.run, row[0])
+            conn.execute(
+                "UPDATE runs SET instance = ? WHERE name = ?", (message.instance, message.run)
+            )
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], bool]) -> bool:
+        """Run ``work`` in one write transaction (rolled back if it raises)."""
+        conn = self._conn()
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return result
 
     def append_snapshot(self, message: SnapshotMessage, received_at: float) -> bool:
-        inserted = self._write(
-            [
-                (
-                    "INSERT OR IGNORE INTO snapshots (run, step, received_at, payload) "
-                    "VALUES (?, ?, ?, ?)",
-                    (message.run, message.step, received_at, snapshot_payload_json(message)),
-                ),
-                self._touch_run(message.run, received_at),
-            ]
-        )
-        return inserted == 1
+        payload = snapshot_payload_json(message)
+
+        def work(conn: sqlite3.Connection) -> bool:
+            self._claim(conn, message, received_at)
+            inserted = conn.execute(
+                "INSERT OR IGNORE INTO snapshots (run, step, received_at, payload) "
+                "VALUES (?, ?, ?, ?)",
+                (message.run, message.step, received_at, payload),
+            ).rowcount
+            if inserted:
+                conn.execute(
+                    "UPDATE runs SET updated_at = ? WHERE name = ?", (received_at, message.run)
+                )
+                return True
+            (stored,) = conn.execute(
+                "SELECT payload FROM snapshots WHERE run = ? AND step = ?",
+                (message.run, message.step),
+            ).fetchone()
+            if not same_payload(stored, payload):
+                raise StepConflict(message.run, message.step)
+            return False
+
+        return self._transaction(work)
 
     def append_event(self, message: EventMessage, received_at: float) -> bool:
-        inserted = self._write(
-            [
+        def work(conn: sqlite3.Connection) -> bool:
+            self._claim(conn, message, received_at)
+            inserted = conn.execute(
+                "INSERT OR IGNORE INTO events "
+                "(run, step, wall_time, level, message, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 (
-                    "INSERT OR IGNORE INTO events "
-                    "(run, step, wall_time, level, message, received_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        message.run,
-                        message.step,
-                        message.wall_time,
-                        message.level,
-                        message.message,
-                        received_at,
-                    ),
+                    message.run,
+                    message.step,
+                    message.wall_time,
+                    message.level,
+                    message.message,
+                    received_at,
                 ),
-                self._touch_run(message.run, received_at),
-            ]
-        )
-        return inserted == 1
+            ).rowcount
+            if inserted:
+                conn.execute(
+                    "UPDATE runs SET updated_at = ? WHERE name = ?", (received_at, message.run)
+                )
+            return bool(inserted)
+
+        return self._transaction(work)
 
     def delete_run(self, run: str) -> bool:
         deleted = self._write(

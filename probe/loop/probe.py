@@ -54,6 +54,7 @@ import math
 import os
 import re
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -81,7 +82,12 @@ from curvscope.probe.stream.transport import (
     Transport,
     TransportOptions,
 )
-from curvscope.server.protocol import MAX_RUN_NAME_LENGTH, RUN_NAME_PATTERN
+from curvscope.server.protocol import (
+    MAX_RUN_NAME_LENGTH,
+    RUN_NAME_PATTERN,
+    EventMessage,
+    SnapshotMessage,
+)
 
 __all__ = ["Probe"]
 
@@ -111,6 +117,11 @@ class Probe:
             weights); otherwise in-loop mode measures whatever the loop passes to
             ``loss_fn``.
         transport_options: queue size, timeouts and backoff of the sender.
+        resume: continue the server's run of this name although another process (another
+            probe instance) started it. Without it, a run name the server already has from
+            another instance is refused (logged; this probe's messages stay in its spool:
+            ``curvscope upload SPOOL --run NEW`` or ``--resume``). Steps the run already
+            has with other numbers are kept as stored and reported (``step_conflict``).
 
     Raises:
         CurvscopeError: an unsupported layer or loss, a bad config, run name or batch.
@@ -131,6 +142,7 @@ class Probe:
         *,
         outputs: OutputsAdapter | None = None,
         transport_options: TransportOptions | None = None,
+        resume: bool = False,
     ) -> None:
         if len(run) > MAX_RUN_NAME_LENGTH or not re.fullmatch(RUN_NAME_PATTERN, run):
             raise ConfigError(
@@ -161,13 +173,16 @@ class Probe:
         )
         self.mode: Mode = self._measure_in.mode  # type: ignore[assignment]
 
+        self.instance = uuid.uuid4().hex
+        """This probe's identity on the server: a run belongs to one instance at a time."""
+        self.resume = resume
         spool = Spool(spool_dir)
         self._sink: Transport | OfflineTransport = (
             OfflineTransport(spool)
             if url is None
-            else Transport(url, token, spool, transport_options)
+            else Transport(url, token, spool, transport_options, on_conflict=self._conflict)
         )
-        self._reporter = Reporter(run, self._sink, strict)
+        self._reporter = Reporter(run, self._sink, strict, instance=self.instance, resume=resume)
 
         self._steps = StepPredictor(self.schedule)
         self._expected: int | None = None  # the next forward's step, when the loop said it
@@ -474,6 +489,8 @@ class Probe:
             loss=loss,
             wall_time=wall_time,
             user_step=None if self._user_step == step else self._user_step,
+            instance=self.instance,
+            resume=self.resume,
         )
         self._sink.submit(message)
 
@@ -525,6 +542,16 @@ class Probe:
                 "forward and backward pass; dropout masks drawn anew)",
             )
         return self._measure_in.again(inputs, self._targets, self.outputs)
+
+    def _conflict(self, message: SnapshotMessage | EventMessage) -> None:
+        """The server holds other numbers at this snapshot's step (sender thread)."""
+        self._report(
+            message.step,
+            "warning",
+            f"the server already has a different snapshot of run {message.run!r} at step "
+            f"{message.step} (steps repeated by a resumed run or another process?): it keeps "
+            f"the stored one; this one is in {self._sink.spool.directory}/rejected",
+        )
 
     def _fail(self, step: int | None, err: Exception) -> None:
         self._reporter.fail(step, err)

@@ -28,10 +28,20 @@ class Reporter:
         strict: raise failures instead of reporting them (for debugging).
     """
 
-    def __init__(self, run: str, sink: _Sink, strict: bool) -> None:
+    def __init__(
+        self,
+        run: str,
+        sink: _Sink,
+        strict: bool,
+        *,
+        instance: str | None = None,
+        resume: bool = False,
+    ) -> None:
         self.run = run
         self.sink = sink
         self.strict = strict
+        self.instance = instance
+        self.resume = resume
 
     def fail(self, step: int | None, err: Exception) -> None:
         """A failure at ``step`` (``None``: setup): logged and reported, or raised if strict."""
@@ -46,6 +56,15 @@ class Reporter:
         if level != "error":
             log.warning("curvscope probe: %s", text)
         try:
-            self.sink.submit(encode_event(self.run, text, step=step, level=level))
+            self.sink.submit(
+                encode_event(
+                    self.run,
+                    text,
+                    step=step,
+                    level=level,
+                    instance=self.instance,
+                    resume=self.resume,
+                )
+            )
         except Exception:  # reporting must never be what breaks training
             log.exception("could not report a curvscope event")

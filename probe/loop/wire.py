@@ -75,6 +75,8 @@ def encode_snapshot(
     loss: float | None = None,
     wall_time: float | None = None,
     user_step: int | None = None,
+    instance: str | None = None,
+    resume: bool = False,
 ) -> SnapshotMessage:
     """The wire message of one snapshot.
 
@@ -87,6 +89,8 @@ def encode_snapshot(
         loss: the training loss to report (default: the snapshot's own batch loss).
         wall_time: seconds since the epoch (default: now).
         user_step: the training loop's own step number, where it differs from ``step``.
+        instance, resume: the probe instance sending it, and whether it continues a run
+            another instance started (:attr:`SnapshotMessage.resume`).
 
     Raises:
         WireError: a non-finite number, or a value the protocol refuses (bad run name,
@@ -101,6 +105,8 @@ def encode_snapshot(
             run=run,
             step=step,
             user_step=user_step,
+            instance=instance,
+            resume=resume,
             wall_time=time.time() if wall_time is None else wall_time,
             loss=loss,
             batch_size=snapshot.batch_size,
@@ -118,6 +124,8 @@ def encode_event(
     step: int | None = None,
     level: Literal["info", "warning", "error"] = "error",
     wall_time: float | None = None,
+    instance: str | None = None,
+    resume: bool = False,
 ) -> EventMessage:
     """An event of the run (an error inside the probe, a skipped snapshot, ...).
 
@@ -126,6 +134,8 @@ def encode_event(
     return EventMessage(
         run=run,
         step=step,
+        instance=instance,
+        resume=resume,
         wall_time=time.time() if wall_time is None else wall_time,
         level=level,
         message=message[:10_000],

@@ -22,6 +22,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -54,8 +55,14 @@ __all__ = [
 
 log = logging.getLogger("curvscope.probe.stream.transport")
 
-FATAL_CODES = frozenset({"unauthorized", "forbidden_origin", "unsupported_schema_version"})
-"""Error codes after which resending cannot help: stop sending, keep everything spooled."""
+FATAL_CODES = frozenset(
+    {"unauthorized", "forbidden_origin", "unsupported_schema_version", "run_taken"}
+)
+"""Error codes after which resending cannot help: stop sending, keep everything spooled
+(``run_taken``: the run belongs to another probe instance; upload the spool with
+``--run NEW`` or ``--resume``)."""
+CONFLICT_CODES = frozenset({"step_conflict"})
+"""The server holds a different snapshot under the message's key: kept there, refused here."""
 FATAL_CLOSE_CODES = frozenset(
     {CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN_ORIGIN, CLOSE_UNSUPPORTED_SCHEMA}
 )
@@ -79,6 +86,8 @@ class Outcome(enum.Enum):
     """Stored (now or before: duplicates are acknowledged too)."""
     REJECTED = "rejected"
     """The server refused the message itself (invalid, too big); resending cannot help."""
+    CONFLICT = "conflict"
+    """The server holds a different snapshot under this key (``step_conflict``)."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +191,11 @@ def deliver(ws: ClientConnection, message: Message, ack_timeout: float) -> Outco
                 raise ServerRefused(f"the server refused the connection: {error.message}")
             if error.code in TRANSIENT_CODES:
                 raise DeliveryFailed(f"the server could not store it: {error.message}")
+            if error.code in CONFLICT_CODES:
+                log.warning(
+                    "the server refused %s/%s: %s", message.run, message.step, error.message
+                )
+                return Outcome.CONFLICT
             log.error(
                 "the server refused %s %s/%s: %s (%s)",
                 message.type,
@@ -227,6 +241,9 @@ class Transport:
         token: the server's ingest token, if it has one.
         spool: where messages wait while they cannot be delivered.
         options: queue size, timeouts and backoff.
+        on_conflict: called (in the sender thread) with a snapshot the server refused
+            because a different one is stored under its key; it is kept in
+            ``<spool>/rejected/``.
     """
 
     def __init__(
@@ -235,6 +252,7 @@ class Transport:
         token: str | None,
         spool: Spool,
         options: TransportOptions | None = None,
+        on_conflict: Callable[[Message], None] | None = None,
     ) -> None:
         ingest_url(url)  # fail early on a malformed URL
         self.url = url
@@ -249,6 +267,9 @@ class Transport:
         self._lock = threading.Lock()
         self._ws: ClientConnection | None = None
         self._refused = False
+        self.refusal: str | None = None
+        """Why the server refused this client (``None``: it did not)."""
+        self._on_conflict = on_conflict
         self._warned_overflow = False
         self.delivered = 0
         self.rejected = 0
@@ -297,11 +318,12 @@ class Transport:
         if left:
             log.warning(
                 "%d curvscope message(s) not delivered, kept in %s; send them with "
-                "`curvscope upload %s --url %s`",
+                "`curvscope upload %s --url %s`%s",
                 left,
                 report.spool_dir,
                 report.spool_dir,
                 self.url,
+                f" (the server refused them: {self.refusal})" if self.refusal else "",
             )
         return report
 
@@ -394,7 +416,8 @@ class Transport:
         except DeliveryFailed as err:
             log.info("curvscope delivery interrupted (%s); will resend", err)
         except ServerRefused as err:
-            log.error("%s; keeping messages in %s", err, self.spool.directory)
+            log.error("%s; keeping this probe's messages in its spool", err)
+            self.refusal = str(err)
             self._refused = True
         self._disconnect()
         return None
@@ -407,9 +430,10 @@ class Transport:
         if outcome is Outcome.ACKED:
             self.spool.remove(path)
             self.delivered += 1
-        elif outcome is Outcome.REJECTED:
+        elif outcome is not None:
             self.spool.reject(path)
             self.rejected += 1
+            self._conflict(message, outcome)
 
     def _send_queued(self) -> None:
         try:
@@ -423,8 +447,16 @@ class Transport:
             raise
         if outcome is Outcome.ACKED:
             self.delivered += 1
-        elif outcome is Outcome.REJECTED:
+        elif outcome is not None:
             self.rejected += 1
             self.spool.reject(self.spool.write(message))
+            self._conflict(message, outcome)
         else:
             self._spill(message)
+
+    def _conflict(self, message: Message, outcome: Outcome) -> None:
+        if outcome is Outcome.CONFLICT and self._on_conflict is not None:
+            try:
+                self._on_conflict(message)
+            except Exception:
+                log.exception("curvscope sender: the conflict callback failed")

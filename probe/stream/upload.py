@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from curvscope.probe.stream.transport import (
     deliver,
     open_ingest,
 )
+from curvscope.server.protocol import RUN_NAME_PATTERN
 
 __all__ = ["UploadReport", "add_parser", "upload"]
 
@@ -46,6 +48,8 @@ def upload(
     *,
     keep: bool = False,
     timeout: float = 10.0,
+    run: str | None = None,
+    resume: bool = False,
 ) -> UploadReport:
     """Send every message file in ``directory`` to the server at ``url``.
 
@@ -55,7 +59,20 @@ def upload(
         token: the server's ingest token, if it has one.
         keep: keep the files after the server acknowledged them.
         timeout: connect and acknowledgement timeout, seconds.
+        run: send every message under this run name instead of its own (the server
+            refused the original name: ``run_taken``).
+        resume: continue runs another probe instance started (as ``Probe(resume=True)``).
+
+    Raises:
+        ValueError: ``run`` is not a valid run name.
     """
+    if run is not None and not re.fullmatch(RUN_NAME_PATTERN, run):
+        raise ValueError(f"run name {run!r} is not valid (letters, digits, '.', '_', '-')")
+    update: dict[str, object] = {}
+    if run is not None:
+        update["run"] = run
+    if resume:
+        update["resume"] = True
     spool = Spool(directory)
     files = spool.pending()
     acked = rejected = 0
@@ -71,6 +88,8 @@ def upload(
                 if message is None:
                     rejected += 1
                     continue
+                if update:
+                    message = message.model_copy(update=update)
                 try:
                     outcome = deliver(ws, message, timeout)
                 except (DeliveryFailed, ServerRefused) as err:
@@ -104,6 +123,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="the server's ingest token (default: $CURVSCOPE_TOKEN; flags show in ps)",
     )
     parser.add_argument("--keep", action="store_true", help="keep files after delivery")
+    parser.add_argument(
+        "--run",
+        default=None,
+        help="send everything under this run name (the server said the original name "
+        "belongs to another probe; default: each message's own run)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue runs that another probe instance started (as Probe(resume=True))",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
     parser.set_defaults(func=run)
 
@@ -114,7 +144,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"curvscope upload: {args.directory} is not a directory", file=sys.stderr)
         return 2
     token = args.token if args.token is not None else os.environ.get("CURVSCOPE_TOKEN")
-    report = upload(args.directory, args.url, token, keep=args.keep, timeout=args.timeout)
+    try:
+        report = upload(
+            args.directory,
+            args.url,
+            token,
+            keep=args.keep,
+            timeout=args.timeout,
+            run=args.run,
+            resume=args.resume,
+        )
+    except ValueError as err:
+        print(f"curvscope upload: {err}", file=sys.stderr)
+        return 2
     print(
         f"curvscope upload: {report.acked} delivered, {report.rejected} refused, "
         f"{report.left} left in {args.directory}"

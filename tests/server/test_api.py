@@ -62,7 +62,7 @@ def test_snapshot_shape_is_the_message_plus_received_at(client: TestClient) -> N
     received_at = snap.pop("received_at")
     assert isinstance(received_at, float)
     assert snap["groups"][0]["gamma"] == expected["groups"][0]["gamma"]
-    assert set(snap) == set(expected) | {"user_step"}  # an optional field, absent: None
+    assert set(snap) == set(expected) | {"user_step", "instance"}  # optional, absent: None
     assert snap["user_step"] is None
     assert snap["groups"][0]["gammas"] is None
 

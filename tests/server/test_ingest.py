@@ -44,10 +44,51 @@ def test_duplicate_is_acked_again_and_stored_once(client: TestClient) -> None:
     with client.websocket_connect("/ws/ingest") as ws:
         ws.send_json(make_snapshot("a", 1) | {"loss": 0.5})
         assert ws.receive_json()["duplicate"] is False
-        ws.send_json(make_snapshot("a", 1) | {"loss": 0.9})
+        ws.send_json(make_snapshot("a", 1) | {"loss": 0.5})  # a resend
         assert ws.receive_json()["duplicate"] is True
     snaps = client.get("/api/runs/a/snapshots").json()
     assert [(s["step"], s["loss"]) for s in snaps] == [(1, 0.5)]
+
+
+def test_same_key_with_other_numbers_is_a_conflict_not_an_ack(client: TestClient) -> None:
+    """Another snapshot under a stored key is refused with its own code; the connection
+    goes on and the stored snapshot is kept (was: acknowledged as a duplicate, dropped)."""
+    with client.websocket_connect("/ws/ingest") as ws:
+        ws.send_json(make_snapshot("a", 1) | {"loss": 0.5})
+        assert ws.receive_json()["duplicate"] is False
+        ws.send_json(make_snapshot("a", 1) | {"loss": 0.9})
+        error = ws.receive_json()
+        assert (error["type"], error["code"]) == ("error", ingest.ERROR_STEP_CONFLICT)
+        assert (error["run"], error["step"]) == ("a", 1)
+        assert "different snapshot at step 1" in error["message"]
+        ws.send_json(make_snapshot("a", 2))
+        assert ws.receive_json()["type"] == "ack"
+    snaps = client.get("/api/runs/a/snapshots").json()
+    assert [(s["step"], s["loss"]) for s in snaps] == [(1, 0.5), (2, make_snapshot("a", 2)["loss"])]
+
+
+def test_a_run_belongs_to_one_probe_instance_unless_resumed(client: TestClient) -> None:
+    """A second probe instance streaming into an existing run is refused by name; with
+    ``resume`` it continues the run and owns it from then on."""
+    first, second = "a" * 32, "b" * 32
+    with client.websocket_connect("/ws/ingest") as ws:
+        ws.send_json(make_snapshot("shared", 0) | {"instance": first})
+        assert ws.receive_json()["type"] == "ack"
+        ws.send_json(make_snapshot("shared", 1) | {"instance": second})
+        error = ws.receive_json()
+        assert error["code"] == ingest.ERROR_RUN_TAKEN
+        assert "resume=True" in error["message"] and first in error["message"]
+        ws.send_json(make_event("shared", "hello", instance=second))
+        assert ws.receive_json()["code"] == ingest.ERROR_RUN_TAKEN
+        ws.send_json(make_snapshot("shared", 1) | {"instance": second, "resume": True})
+        assert ws.receive_json()["type"] == "ack"
+        ws.send_json(make_snapshot("shared", 2) | {"instance": first})  # the old owner
+        assert ws.receive_json()["code"] == ingest.ERROR_RUN_TAKEN
+        ws.send_json(make_snapshot("shared", 2))  # no instance: claims nothing
+        assert ws.receive_json()["type"] == "ack"
+    snaps = client.get("/api/runs/shared/snapshots").json()
+    assert [(s["step"], s["instance"]) for s in snaps] == [(0, first), (1, second), (2, None)]
+    assert all("resume" not in s for s in snaps)
 
 
 def test_events_are_stored_and_acked(client: TestClient) -> None:

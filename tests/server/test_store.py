@@ -10,7 +10,9 @@ import pytest
 from curvscope.server.protocol import EventMessage, SnapshotMessage
 from curvscope.server.store import (
     SCHEMA_VERSION,
+    RunTaken,
     SQLiteStore,
+    StepConflict,
     Store,
     StoreError,
     downsample_indices,
@@ -33,19 +35,37 @@ def snap(run: str = "r", step: int = 0, **kw) -> SnapshotMessage:
 
 
 def test_append_is_idempotent_on_run_and_step(store: SQLiteStore) -> None:
-    assert store.append_snapshot(snap(step=3, loss=1.0), 10.0) is True
-    assert store.append_snapshot(snap(step=3, loss=2.0), 11.0) is False
+    assert store.append_snapshot(snap(step=3, loss=1.0, wall_time=1.0), 10.0) is True
+    # the same numbers again (a resend, or a replay computed later): stored once
+    assert store.append_snapshot(snap(step=3, loss=1.0, wall_time=2.0), 11.0) is False
+    with pytest.raises(StepConflict):  # other numbers under the key: refused, not merged
+        store.append_snapshot(snap(step=3, loss=2.0), 12.0)
     records = store.read_snapshots("r")
     assert [r.step for r in records] == [3]
     assert records[0].to_dict()["loss"] == 1.0  # the first copy stays
     assert records[0].received_at == 10.0
 
 
+def test_a_run_is_owned_by_its_first_instance(store: SQLiteStore) -> None:
+    store.append_snapshot(snap(step=0, instance="one"), 1.0)
+    with pytest.raises(RunTaken) as taken:
+        store.append_snapshot(snap(step=1, instance="two"), 2.0)
+    assert (taken.value.run, taken.value.owner) == ("r", "one")
+    with pytest.raises(RunTaken):
+        store.append_event(EventMessage(run="r", wall_time=3.0, message="x", instance="two"), 3.0)
+    assert store.append_snapshot(snap(step=1, instance="two", resume=True), 4.0) is True
+    with pytest.raises(RunTaken) as taken:
+        store.append_snapshot(snap(step=2, instance="one"), 5.0)
+    assert taken.value.owner == "two"
+    assert [r.step for r in store.read_snapshots("r")] == [0, 1]
+    assert store.read_events("r") == []
+
+
 def test_stored_shape_is_the_message_plus_received_at(store: SQLiteStore) -> None:
     message = snap(step=1)
     store.append_snapshot(message, 5.0)
     data = store.read_snapshot("r", 1).to_dict()
-    expected = message.model_dump(mode="json", exclude={"type", "schema_version"})
+    expected = message.model_dump(mode="json", exclude={"type", "schema_version", "resume"})
     assert data == expected | {"received_at": 5.0}
 
 
@@ -114,7 +134,7 @@ def test_persists_across_reopen_in_wal_mode(tmp_path: Path) -> None:
     first.close()
     second = SQLiteStore(path)
     assert [r.step for r in second.read_snapshots("r")] == [1]
-    assert second.schema_version() == SCHEMA_VERSION == 2
+    assert second.schema_version() == SCHEMA_VERSION == 3
     mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     second.close()
@@ -143,7 +163,7 @@ def test_schema_1_database_is_migrated_and_its_snapshots_read_as_backpack(
     write_schema_1_database(path, old)
     store = SQLiteStore(path)
     try:
-        assert store.schema_version() == 2
+        assert store.schema_version() == SCHEMA_VERSION == 3
         records = store.read_snapshots("old")
         assert [r.step for r in records] == [0, 10, 20]
         for record, message in zip(records, old, strict=True):
@@ -159,7 +179,7 @@ def test_schema_1_database_is_migrated_and_its_snapshots_read_as_backpack(
         store.close()
     reopened = SQLiteStore(path)  # migrating is done once: reopening changes nothing
     try:
-        assert reopened.schema_version() == 2
+        assert reopened.schema_version() == 3
         assert [r.to_dict()["config"]["backend"] for r in reopened.iter_snapshots("old")] == [
             "backpack",
             "backpack",

@@ -66,9 +66,12 @@ def test_delivers_snapshots_and_events_with_a_token(tmp_path: Path) -> None:
 def test_duplicates_are_acknowledged_and_stored_once(tmp_path: Path) -> None:
     with running_server(tmp_path / "db.sqlite") as server:
         with open_ingest(server.url(), None) as ws:
-            assert deliver(ws, _snap("dup", 1), 5.0) is Outcome.ACKED
-            assert deliver(ws, _snap("dup", 1, loss=7.0), 5.0) is Outcome.ACKED
-        assert _stored(server, "dup") == [1]
+            first = _snap("dup", 1)
+            assert deliver(ws, first, 5.0) is Outcome.ACKED
+            assert deliver(ws, first, 5.0) is Outcome.ACKED  # a resend
+            assert deliver(ws, _snap("dup", 1, loss=7.0), 5.0) is Outcome.CONFLICT
+            assert deliver(ws, _snap("dup", 2), 5.0) is Outcome.ACKED
+        assert _stored(server, "dup") == [1, 2]
 
 
 def test_wrong_token_keeps_everything_spooled(tmp_path: Path) -> None:
