@@ -14,10 +14,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from curvscope.server import api, ingest, live, pages
 from curvscope.server.hub import Hub
+from curvscope.server.routes import api, ingest, live, pages
 from curvscope.server.settings import Settings
-from curvscope.server.store import SQLiteStore, Store
+from curvscope.server.stores import SQLiteStore, Store
 
 __all__ = ["RedactTokens", "create_app"]
 

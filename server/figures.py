@@ -4,7 +4,7 @@ Every function takes snapshots in their REST JSON shape (``GET /api/runs/{run}/s
 entries: ``run, step, wall_time, loss, batch_size, config, groups[...]``; see
 :class:`curvscope.server.protocol.SnapshotMessage`) and returns a
 :class:`plotly.graph_objects.Figure`. The same functions serve the browser (as figure JSON
-from :mod:`curvscope.server.figure_api`) and the standalone report
+from :mod:`curvscope.server.routes.figure_api`) and the standalone report
 (:mod:`curvscope.server.report`).
 
 Conventions:

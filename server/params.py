@@ -16,7 +16,7 @@ from starlette.requests import HTTPConnection
 from curvscope.server.hub import Hub
 from curvscope.server.protocol import MAX_RUN_NAME_LENGTH, MAX_STEP, RUN_NAME_PATTERN
 from curvscope.server.settings import Settings
-from curvscope.server.store import Store
+from curvscope.server.stores import Store
 
 __all__ = [
     "RunPath",

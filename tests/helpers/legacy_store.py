@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from curvscope.server.protocol import SnapshotMessage
-from curvscope.server.store import _MIGRATIONS, snapshot_payload_json
+from curvscope.server.stores.sqlite import _MIGRATIONS, snapshot_payload_json
 
 __all__ = ["schema_1_payload", "write_schema_1_database"]
 

@@ -10,11 +10,11 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
-from curvscope.server import ingest
 from curvscope.server.auth import bearer_token, token_matches
 from curvscope.server.protocol import CLOSE_INTERNAL_ERROR
+from curvscope.server.routes import ingest
 from curvscope.server.settings import Settings, is_loopback_host
-from curvscope.server.store import SQLiteStore, StoreError
+from curvscope.server.stores import SQLiteStore, StoreError
 from tests.helpers.messages import make_snapshot
 
 

@@ -21,7 +21,7 @@ CHECK = (
         ("curvscope.server.protocol", ["fastapi", "starlette", "torch", "uvicorn"]),
         ("curvscope.server.cli", ["fastapi", "torch", "uvicorn"]),
         (
-            "curvscope.server.app, curvscope.server.store, curvscope.server.ingest",
+            "curvscope.server.app, curvscope.server.stores, curvscope.server.routes.ingest",
             ["torch", "backpack"],
         ),
     ],

@@ -14,7 +14,7 @@ import pytest
 
 from curvscope.server.cli import main
 from curvscope.server.protocol import EventMessage, SnapshotMessage
-from curvscope.server.store import SQLiteStore
+from curvscope.server.stores import SQLiteStore
 from tests.web.seeding import seed_run, synthetic_snapshot
 
 

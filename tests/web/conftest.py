@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from curvscope.server.protocol import EventMessage
-from curvscope.server.store import SQLiteStore
+from curvscope.server.stores import SQLiteStore
 from tests.helpers.chromium import CHROMIUM_ARGS, find_chromium
 from tests.helpers.server_process import ServerProcess, running_server
 from tests.web.seeding import seed_run

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from curvscope.server.protocol import SNR_UNDEFINED, SnapshotMessage
-from curvscope.server.store import SQLiteStore
+from curvscope.server.stores import SQLiteStore
 
 __all__ = ["seed_run", "synthetic_group", "synthetic_snapshot"]
 

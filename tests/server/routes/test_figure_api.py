@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from curvscope.server.app import create_app
 from curvscope.server.protocol import EventMessage
 from curvscope.server.settings import Settings
-from curvscope.server.store import SQLiteStore
+from curvscope.server.stores import SQLiteStore
 from tests.web.seeding import seed_run
 
 K, K_STATS = 30, 12

@@ -9,8 +9,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from curvscope.server.live import CLOSE_INVALID_RUN
 from curvscope.server.protocol import CLOSE_FORBIDDEN_ORIGIN, CLOSE_UNAUTHORIZED
+from curvscope.server.routes.live import CLOSE_INVALID_RUN
 from tests.helpers.messages import make_event, make_snapshot
 from tests.helpers.server_process import TEST_TOKEN as TOKEN
 

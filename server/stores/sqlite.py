@@ -1,267 +1,36 @@
-"""Storage of snapshots and events behind a small interface, with an SQLite implementation.
+"""The embedded store: :class:`SQLiteStore`, one SQLite file.
 
-The :class:`Store` interface is all the API, ingest and hub know about; a PostgreSQL backend
-only has to implement it. Every method is synchronous and thread-safe: async callers run
-them in a worker thread (``asyncio.to_thread``).
-
-:class:`SQLiteStore` uses the standard library's :mod:`sqlite3` in WAL mode with
-``synchronous=FULL``: a snapshot is committed before :meth:`Store.append_snapshot` returns,
-so whatever the server acknowledged survives SIGKILL (and power loss). The schema is
-versioned with ``PRAGMA user_version`` and migrated step by step at open time.
+It uses the standard library's :mod:`sqlite3` in WAL mode with ``synchronous=FULL``: a
+snapshot is committed before :meth:`Store.append_snapshot` returns, so whatever the server
+acknowledged survives SIGKILL (and power loss). The schema is versioned with
+``PRAGMA user_version`` and migrated step by step at open time.
 """
 
 from __future__ import annotations
 
-import abc
-import dataclasses
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from curvscope.server.protocol import EventMessage, SnapshotMessage
+from curvscope.server.stores.base import (
+    EventRecord,
+    LightSnapshot,
+    RunSummary,
+    RunTaken,
+    SnapshotRecord,
+    StepConflict,
+    Store,
+    StoreError,
+    downsample_indices,
+    same_payload,
+    snapshot_payload_json,
+)
 
-__all__ = [
-    "EventRecord",
-    "LightSnapshot",
-    "RunSummary",
-    "RunTaken",
-    "SQLiteStore",
-    "SnapshotRecord",
-    "StepConflict",
-    "Store",
-    "StoreError",
-    "downsample_indices",
-    "light_snapshot",
-]
-
-
-class StoreError(RuntimeError):
-    """The store cannot be opened or used (unknown schema version, unreadable file...)."""
-
-
-class RunTaken(Exception):
-    """The run belongs to another probe instance and the message does not resume it.
-
-    Attributes:
-        run: the run's name.
-        owner: the instance that owns it (``None``: a run from before instances, or one
-            written by a client that sends none).
-    """
-
-    def __init__(self, run: str, owner: str | None) -> None:
-        super().__init__(run, owner)
-        self.run, self.owner = run, owner
-
-
-class StepConflict(Exception):
-    """A different snapshot is already stored under the same key ``(run, step)``."""
-
-    def __init__(self, run: str, step: int) -> None:
-        super().__init__(run, step)
-        self.run, self.step = run, step
-
-
-_NOT_CONTENT = ("wall_time", "instance")
-"""Payload fields that say when and by whom, not what: a replay differs only in these."""
-
-
-def same_payload(stored: str, payload: str) -> bool:
-    """Whether two stored payloads (JSON text) hold the same snapshot: the same numbers,
-    whenever and by whichever probe instance they were computed."""
-    if stored == payload:
-        return True
-    a, b = json.loads(stored), json.loads(payload)
-    for field in _NOT_CONTENT:
-        a.pop(field, None)
-        b.pop(field, None)
-    return bool(a == b)
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What the run list shows about one run."""
-
-    run: str
-    snapshots: int
-    first_step: int | None
-    last_step: int | None
-    last_update: float
-    """Unix time the server last stored something for this run."""
-    errors: int
-    """Number of events of level ``error``."""
-
-    def to_dict(self, *, live_window_s: float, now: float | None = None) -> dict[str, Any]:
-        """The JSON shape of ``GET /api/runs`` entries; ``live``: updated within the window."""
-        now = time.time() if now is None else now
-        return {
-            "run": self.run,
-            "snapshots": self.snapshots,
-            "first_step": self.first_step,
-            "last_step": self.last_step,
-            "last_update": self.last_update,
-            "live": self.snapshots > 0 and now - self.last_update < live_window_s,
-            "errors": self.errors,
-        }
-
-
-@dataclass(frozen=True)
-class SnapshotRecord:
-    """One stored snapshot: ``payload_json`` is the snapshot message minus ``type`` and
-    ``schema_version``, as a JSON object."""
-
-    run: str
-    step: int
-    received_at: float
-    payload_json: str
-
-    def to_json(self) -> str:
-        """The REST shape: the stored fields plus ``received_at``, as JSON text."""
-        body = self.payload_json.rstrip()
-        return f'{body[:-1]},"received_at":{json.dumps(self.received_at)}}}'
-
-    def to_dict(self) -> dict[str, Any]:
-        """The REST shape as a dict (see :meth:`to_json`)."""
-        data: dict[str, Any] = json.loads(self.payload_json)
-        data["received_at"] = self.received_at
-        return data
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    """One stored event."""
-
-    id: int
-    run: str
-    step: int | None
-    wall_time: float
-    level: str
-    message: str
-    received_at: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of ``GET /api/runs/{run}/events`` entries (the fields above)."""
-        return dataclasses.asdict(self)
-
-
-LightSnapshot = dict[str, Any]
-"""Step, loss and the top eigenvalues of one snapshot, for the plots over steps:
-``{"step": int, "loss": float, "groups": [{"name": str, "eigvals": [<= top floats]}]}``."""
-
-
-def light_snapshot(snapshot: dict[str, Any], top: int) -> LightSnapshot:
-    """The light form of a snapshot in its REST JSON shape (see :data:`LightSnapshot`)."""
-    return {
-        "step": snapshot["step"],
-        "loss": snapshot["loss"],
-        "groups": [{"name": g["name"], "eigvals": g["eigvals"][:top]} for g in snapshot["groups"]],
-    }
-
-
-def snapshot_payload_json(message: SnapshotMessage) -> str:
-    """The stored JSON of a snapshot message (no ``type``, ``schema_version``, ``resume``)."""
-    return message.model_dump_json(exclude={"type", "schema_version", "resume"})
-
-
-def downsample_indices(n: int, max_points: int | None) -> list[int]:
-    """Indices of at most ``max_points`` of ``n`` ordered points, evenly spread.
-
-    The last point (the latest step) is always kept; with two or more points the first is
-    kept too. ``max_points=None`` keeps everything.
-    """
-    if max_points is None or n <= max_points:
-        return list(range(n))
-    if max_points <= 0:
-        return []
-    if max_points == 1:
-        return [n - 1]
-    step = (n - 1) / (max_points - 1)
-    return sorted({round(i * step) for i in range(max_points)} | {n - 1})
-
-
-class Store(abc.ABC):
-    """What the server needs from storage. Implementations must be thread-safe."""
-
-    @abc.abstractmethod
-    def append_snapshot(self, message: SnapshotMessage, received_at: float) -> bool:
-        """Store a snapshot durably; ``False`` if the same snapshot was already stored under
-        ``(run, step)`` (then nothing changes).
-
-        A run belongs to the probe instance that wrote it first; a message of another
-        instance is refused unless it resumes the run (``message.resume``: the run then
-        belongs to the new instance). A message without an instance claims nothing.
-
-        Raises:
-            RunTaken: the run belongs to another instance and the message does not resume.
-            StepConflict: a different snapshot is stored under ``(run, step)``.
-        """
-
-    @abc.abstractmethod
-    def append_event(self, message: EventMessage, received_at: float) -> bool:
-        """Store an event durably; ``False`` if the identical event was already stored.
-
-        Raises:
-            RunTaken: as :meth:`append_snapshot`.
-        """
-
-    @abc.abstractmethod
-    def list_runs(self) -> list[RunSummary]:
-        """All runs, most recently updated first."""
-
-    @abc.abstractmethod
-    def get_run(self, run: str) -> RunSummary | None:
-        """One run's summary, or ``None`` if nothing is stored for it."""
-
-    @abc.abstractmethod
-    def read_snapshots(
-        self,
-        run: str,
-        start: int | None = None,
-        end: int | None = None,
-        max_points: int | None = None,
-    ) -> list[SnapshotRecord]:
-        """Snapshots with ``start <= step <= end`` in step order, down-sampled to at most
-        ``max_points`` (see :func:`downsample_indices`: the latest step is always kept)."""
-
-    @abc.abstractmethod
-    def read_snapshot(self, run: str, step: int) -> SnapshotRecord | None:
-        """One snapshot by key."""
-
-    @abc.abstractmethod
-    def list_steps(self, run: str) -> list[int]:
-        """Every stored step of ``run`` in ascending order (empty for an unknown run)."""
-
-    def read_light_series(self, run: str, steps: Sequence[int], top: int) -> list[LightSnapshot]:
-        """:data:`LightSnapshot` entries of the stored snapshots at ``steps``, in step order.
-
-        A stored snapshot of K = 1,000 directions is ~100 kB of JSON, of which the plots
-        over steps need a few numbers; this default decodes each snapshot, and a backend
-        should override it to extract the numbers inside the database (as
-        :class:`SQLiteStore` does). Steps with no snapshot are skipped.
-        """
-        records = (self.read_snapshot(run, step) for step in sorted(set(steps)))
-        return [light_snapshot(r.to_dict(), top) for r in records if r is not None]
-
-    @abc.abstractmethod
-    def iter_snapshots(self, run: str) -> Iterator[SnapshotRecord]:
-        """All snapshots of a run in step order, read lazily (for exports)."""
-
-    @abc.abstractmethod
-    def read_events(self, run: str) -> list[EventRecord]:
-        """A run's events in arrival order."""
-
-    @abc.abstractmethod
-    def delete_run(self, run: str) -> bool:
-        """Remove a run with its snapshots and events; ``False`` if it did not exist."""
-
-    @abc.abstractmethod
-    def close(self) -> None:
-        """Release connections; the store is unusable afterwards."""
-
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 _MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
     (

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from curvscope.server.protocol import EventMessage, SnapshotMessage
-from curvscope.server.store import (
+from curvscope.server.stores import (
     SCHEMA_VERSION,
     RunTaken,
     SQLiteStore,

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from websockets.sync.client import connect
 
-from curvscope.server.api import CSV_COLUMNS
+from curvscope.server.routes.api import CSV_COLUMNS
 from tests.helpers.legacy_store import write_schema_1_database
 from tests.helpers.messages import make_event, make_group, make_snapshot
 from tests.helpers.server_process import TEST_TOKEN as TOKEN

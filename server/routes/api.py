@@ -34,7 +34,7 @@ from curvscope.server.protocol import (
     ConfigPayload,
     GroupPayload,
 )
-from curvscope.server.store import EventRecord, RunSummary, SnapshotRecord, Store
+from curvscope.server.stores import EventRecord, RunSummary, SnapshotRecord, Store
 
 __all__ = ["CSV_COLUMNS", "router"]
 

@@ -32,7 +32,7 @@ from curvscope.server.params import (
     is_run_name,
 )
 from curvscope.server.protocol import DEFAULT_BACKEND
-from curvscope.server.store import LightSnapshot, RunSummary, Store, downsample_indices
+from curvscope.server.stores import LightSnapshot, RunSummary, Store, downsample_indices
 
 __all__ = ["DEFAULT_MAX_POINTS", "router", "run_view_data"]
 
@@ -95,7 +95,7 @@ def _light_series(
     store: Store, run: str, steps: Sequence[int], max_points: int, top: int
 ) -> list[LightSnapshot]:
     """The series for the plots over steps: at most ``max_points`` of ``steps`` (the first
-    and latest kept, :func:`~curvscope.server.store.downsample_indices`)."""
+    and latest kept, :func:`~curvscope.server.stores.downsample_indices`)."""
     chosen = [steps[i] for i in downsample_indices(len(steps), max_points)]
     return store.read_light_series(run, chosen, top)
 

@@ -36,7 +36,7 @@ from curvscope.server.protocol import (
     EventMessage,
     SnapshotMessage,
 )
-from curvscope.server.store import (
+from curvscope.server.stores import (
     RunTaken,
     SnapshotRecord,
     StepConflict,
@@ -67,7 +67,7 @@ __all__ = [
     "router",
 ]
 
-log = logging.getLogger("curvscope.server.ingest")
+log = logging.getLogger("curvscope.server.routes.ingest")
 
 ERROR_MALFORMED_JSON = "malformed_json"
 ERROR_NOT_AN_OBJECT = "not_an_object"

@@ -1,7 +1,7 @@
 """The static dashboard: the pages ``/`` (run list), ``/runs/{run}`` (run view) and
 ``/compare`` (run comparison), all served from ``web/index.html`` (the page's scripts read the
 path); ``/static/...`` (the files of :mod:`curvscope.web`) and ``/static/vendor/plotly.min.js``
-(plotly's bundled copy, no CDN). The figure endpoints of :mod:`curvscope.server.figure_api`
+(plotly's bundled copy, no CDN). The figure endpoints of :mod:`curvscope.server.routes.figure_api`
 are mounted here too, so the page and its data come with one router.
 
 Only files with a known web suffix directly inside the ``web`` package are served.
@@ -16,7 +16,7 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
-from curvscope.server import figure_api
+from curvscope.server.routes import figure_api
 
 __all__ = ["plotly_js_path", "router", "web_dir"]
 

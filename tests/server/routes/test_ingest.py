@@ -12,7 +12,6 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from curvscope.server import ingest
 from curvscope.server.protocol import (
     CLOSE_FORBIDDEN_ORIGIN,
     CLOSE_MESSAGE_TOO_BIG,
@@ -20,6 +19,7 @@ from curvscope.server.protocol import (
     CLOSE_UNSUPPORTED_DATA,
     CLOSE_UNSUPPORTED_SCHEMA,
 )
+from curvscope.server.routes import ingest
 from tests.helpers.messages import make_event, make_group, make_snapshot
 from tests.helpers.server_process import TEST_TOKEN as TOKEN
 
