@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from curvscope.server.hub import Hub
 from curvscope.server.routes import api, ingest, live, pages
@@ -65,6 +66,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # DNS rebinding: a page of evil.example resolving to 127.0.0.1 sends Host: evil.example.
+    app.add_middleware(
+        TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts(), www_redirect=False
+    )
     app.include_router(api.router)
     app.include_router(ingest.router)
     app.include_router(live.router)

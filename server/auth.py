@@ -96,8 +96,9 @@ def origin_allowed(conn: HTTPConnection) -> bool:
     """Whether a websocket's ``Origin`` is acceptable (cross-site websocket hijacking guard).
 
     No ``Origin`` header: allowed (not a browser: probes, scripts). Otherwise the origin must
-    be the one the page was served from (same host and port as the ``Host`` header) or one of
-    ``allowed_origins``.
+    be one of ``allowed_origins``, or name a trusted host (:meth:`Settings.trusted_hosts`:
+    never the request's own ``Host`` alone, which a rebound DNS name controls) with the
+    scheme and port the page was served from.
     """
     origin = conn.headers.get("origin")
     if origin is None:
@@ -105,9 +106,16 @@ def origin_allowed(conn: HTTPConnection) -> bool:
     parsed = _origin_of(origin)
     if parsed is None:
         return False
-    allowed = {_origin_of(o) for o in app_settings(conn).allowed_origins}
+    settings = app_settings(conn)
+    allowed = {_origin_of(o) for o in settings.allowed_origins}
     if parsed in allowed:
         return True
+    trusted = settings.trusted_hosts()
+    if "*" not in trusted and not any(
+        parsed[1] == t.strip("[]") or (t.startswith("*.") and parsed[1].endswith(t[1:]))
+        for t in trusted
+    ):
+        return False
     host = conn.headers.get("host")
     if not host:
         return False

@@ -77,6 +77,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="allow listening on a non-loopback address without a token",
     )
     parser.add_argument("--max-message-bytes", type=int, help="largest ingest frame (4 MiB)")
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        dest="allowed_hosts",
+        metavar="NAME",
+        help="a host name clients use to reach the server (repeatable; loopback names and "
+        "--host are always allowed; requests naming another host are refused: DNS "
+        "rebinding guard)",
+    )
     parser.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     parser.set_defaults(func=serve)
 
@@ -93,6 +102,7 @@ def serve(args: argparse.Namespace) -> int:
         "protect_reads": args.protect_reads,
         "insecure": args.insecure,
         "max_message_bytes": args.max_message_bytes,
+        "allowed_hosts": args.allowed_hosts,
     }
     try:
         settings = Settings(**{k: v for k, v in flags.items() if v is not None})

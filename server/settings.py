@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     """Messages a browser client may skip in a row before it is disconnected."""
     allowed_origins: list[str] = Field(default_factory=list)
     """Extra browser origins (``scheme://host:port``) allowed on the websockets."""
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Host names the server answers to besides the loopback names and a specific ``host``
+    (``Host`` header check against DNS rebinding); ``*.example.org`` for subdomains, ``*``
+    for any (not advised)."""
     max_points_limit: int = Field(10_000, ge=2)
     """Upper bound on ``max_points`` accepted by the snapshots endpoint."""
 
@@ -68,6 +72,14 @@ class Settings(BaseSettings):
                 "--insecure if you really mean it."
             )
         return self
+
+    def trusted_hosts(self) -> list[str]:
+        """Every ``Host`` name accepted: loopback names, ``host`` unless it is a wildcard
+        address, and :attr:`allowed_hosts`."""
+        names = ["localhost", "127.0.0.1", "::1", "[::1]"]
+        if self.host not in ("0.0.0.0", "::", ""):
+            names.append(self.host)
+        return list(dict.fromkeys(names + [h.lower() for h in self.allowed_hosts]))
 
     def token_value(self) -> str | None:
         """The configured token in clear, or ``None`` when the server is open."""

@@ -28,7 +28,8 @@ def make_app(db_path: Path) -> Callable[..., FastAPI]:
     """``make_app(**settings)``: an app on ``db_path`` with these settings."""
 
     def factory(**overrides: Any) -> FastAPI:
-        return create_app(Settings(db=db_path, **overrides))
+        # TestClient's requests name the host "testserver"
+        return create_app(Settings(db=db_path, **({"allowed_hosts": ["testserver"]} | overrides)))
 
     return factory
 

@@ -38,7 +38,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def client(db: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(db=db))) as test_client:
+    with TestClient(create_app(Settings(db=db, allowed_hosts=["testserver"]))) as test_client:
         yield test_client
 
 
@@ -158,7 +158,7 @@ def test_pages_and_plotly_are_served(client: TestClient) -> None:
 
 
 def test_figures_need_the_token_when_reads_are_protected(db: Path) -> None:
-    settings = Settings(db=db, token="t0ken", protect_reads=True)
+    settings = Settings(db=db, token="t0ken", protect_reads=True, allowed_hosts=["testserver"])
     with TestClient(create_app(settings)) as client:
         assert client.get("/api/runs/alpha/figures").status_code == 401
         ok = client.get("/api/runs/alpha/figures", headers={"Authorization": "Bearer t0ken"})
