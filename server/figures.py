@@ -26,6 +26,7 @@ Conventions:
 from __future__ import annotations
 
 import bisect
+import html
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -98,11 +99,17 @@ _AXIS: dict[str, Any] = {
 }
 
 
+def plain(text: str) -> str:
+    """``text`` as literal characters in a Plotly label: Plotly reads ``<a href>``, ``<b>``
+    ... in titles as markup, and group names come from the probe (untrusted)."""
+    return html.escape(text, quote=False)
+
+
 def _figure(title: str, uirevision: str, x: Mapping[str, Any], y: Mapping[str, Any]) -> go.Figure:
     fig = go.Figure(_validate=False)
     fig.update_layout(
         **_LAYOUT,
-        title={"text": title, "x": 0.01, "font": {"size": 14}},
+        title={"text": plain(title), "x": 0.01, "font": {"size": 14}},
         uirevision=uirevision,
         xaxis={**_AXIS, **x},
         yaxis={**_AXIS, **y},
@@ -525,7 +532,7 @@ def compare_density_figure(
         n_bins=n_bins,
         uirevision=uirevision,
     )
-    fig.update_layout(title={"text": f"Spectral density, latest step — {group}"})
+    fig.update_layout(title={"text": plain(f"Spectral density, latest step — {group}")})
     return fig
 
 

@@ -110,7 +110,8 @@ Instance = Annotated[
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a step of "7" or true is refused, not coerced (an int may still be a float)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ConfigPayload(_Message):

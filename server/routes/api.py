@@ -180,6 +180,15 @@ empty for directions k >= K' (beyond ``top_k``). ``backend`` is the snapshot's
 matrices are JSON-only."""
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one starting like a formula (``=HYPERLINK``,
+    ``+``, ``-``, ``@``) gets a leading apostrophe (OWASP's CSV injection advice)."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def _csv_rows(records: Iterator[SnapshotRecord]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -200,7 +209,7 @@ def _csv_rows(records: Iterator[SnapshotRecord]) -> Iterator[str]:
                     [
                         *head,
                         snap["batch_size"],
-                        group["name"],
+                        _cell(group["name"]),
                         group["num_params"],
                         group["grad_norm_sq"],
                         k,

@@ -155,7 +155,7 @@ def parse(text: str) -> SnapshotMessage | EventMessage | Reply:
     """Decode and validate one frame: the message, or the :class:`Reply` refusing it."""
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError; an int of > 4300 digits
         return _error(ERROR_MALFORMED_JSON, f"not valid JSON: {exc}")
     if not isinstance(data, dict):
         return _error(ERROR_NOT_AN_OBJECT, "a message must be a JSON object")
@@ -218,7 +218,11 @@ async def handle_text(text: str, store: Store, hub: Hub, *, live_window_s: float
         )
     except Exception:
         log.exception("could not store %s for run %r", parsed.type, parsed.run)
-        return _error(ERROR_STORE_FAILED, "the server could not store the message; resend later")
+        return _error(
+            ERROR_STORE_FAILED,
+            "the server could not store the message; resend later",
+            {"run": parsed.run, "step": parsed.step},
+        )
     if inserted:
         await _publish(parsed, received_at, store, hub, live_window_s)
     return Reply(

@@ -87,6 +87,7 @@ def test_store_failure_is_reported_and_nothing_is_acked(make_app: Callable[..., 
         ws.send_json(make_snapshot("a", 1))
         error = ws.receive_json()
         assert (error["type"], error["code"]) == ("error", ingest.ERROR_STORE_FAILED)
+        assert (error["run"], error["step"]) == ("a", 1)  # was: null, null
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
         assert closed.value.code == CLOSE_INTERNAL_ERROR

@@ -210,3 +210,17 @@ def test_every_figure_is_valid_plotly() -> None:
     ]
     for fig in built:
         go.Figure(fig.to_dict())  # raises ValueError on an invalid property
+
+
+def test_markup_in_a_group_name_is_shown_not_interpreted() -> None:
+    """Plotly reads ``<a href>`` in titles as a link: a group name arrives escaped."""
+    name = '<a href="https://evil.example">click</a>'
+    snap = _snapshot(0, _group([3.0, 1.0], name=name))
+    for fig in (
+        figures.density_figure([("step 0", snap)], name),
+        figures.snr_figure(snap, name),
+        figures.gamma_figure(snap, name),
+        figures.overlap_figure(snap, name),
+    ):
+        title = fig.layout.title.text
+        assert "<a" not in title and "&lt;a href=\"https://evil.example\"&gt;" in title

@@ -232,3 +232,12 @@ def test_openapi_schema_lists_the_endpoints(client: TestClient) -> None:
         "/api/runs/{run}/export",
     } <= set(paths)
     assert "delete" in paths["/api/runs/{run}"]
+
+
+def test_export_csv_defuses_formulas_in_group_names(client: TestClient) -> None:
+    """A group name a spreadsheet would run as a formula is exported as text."""
+    evil = '=HYPERLINK("https://evil.example","click")'
+    groups = [make_group(evil, k=1), make_group("-1+2", k=1), make_group("fc1", k=1)]
+    ingest(client, make_snapshot("a", 1) | {"groups": groups})
+    rows = list(csv.DictReader(io.StringIO(client.get("/api/runs/a/export?format=csv").text)))
+    assert [r["group"] for r in rows] == ["'" + evil, "'-1+2", "fc1"]

@@ -257,3 +257,28 @@ def test_ingest_refuses_a_foreign_origin(client: TestClient) -> None:
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
     assert closed.value.code == CLOSE_FORBIDDEN_ORIGIN
+
+
+def test_an_integer_of_thousands_of_digits_is_malformed_json_not_a_crash(
+    client: TestClient,
+) -> None:
+    """Python's int parser refuses > 4300 digits with a ValueError (was: the handler died,
+    the connection dropped without an answer)."""
+    text = json.dumps(make_snapshot("a", 0)).replace('"step": 0', '"step": 1' + "0" * 5000)
+    with client.websocket_connect("/ws/ingest") as ws:
+        ws.send_text(text)
+        error = ws.receive_json()
+        assert error["code"] == ingest.ERROR_MALFORMED_JSON
+        ws.send_json(make_snapshot("a", 1))
+        assert ws.receive_json()["type"] == "ack"  # the connection goes on
+
+
+@pytest.mark.parametrize("step", ["7", True, 7.0])
+def test_a_step_must_be_an_integer_not_coerced(client: TestClient, step: object) -> None:
+    with client.websocket_connect("/ws/ingest") as ws:
+        ws.send_json(make_snapshot("a") | {"step": step})
+        error = ws.receive_json()
+        assert (error["type"], error["code"]) == ("error", ingest.ERROR_INVALID_MESSAGE)
+        ws.send_json(make_event("a", "x", step=False))
+        assert ws.receive_json()["code"] == ingest.ERROR_INVALID_MESSAGE
+    assert client.get("/api/runs").json() == []
