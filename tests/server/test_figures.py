@@ -223,4 +223,4 @@ def test_markup_in_a_group_name_is_shown_not_interpreted() -> None:
         figures.overlap_figure(snap, name),
     ):
         title = fig.layout.title.text
-        assert "<a" not in title and "&lt;a href=\"https://evil.example\"&gt;" in title
+        assert "<a" not in title and '&lt;a href="https://evil.example"&gt;' in title
