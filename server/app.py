@@ -15,10 +15,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from curvscope.server.executors import ByteBudget, Pools
 from curvscope.server.hub import Hub
 from curvscope.server.routes import api, ingest, live, pages
 from curvscope.server.settings import Settings
-from curvscope.server.stores import SQLiteStore, Store
+from curvscope.server.stores import Store, open_store
 
 __all__ = ["RedactTokens", "create_app"]
 
@@ -51,12 +52,16 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _install_redaction()
-        app.state.store = store if store is not None else SQLiteStore(settings.db)
+        app.state.store = store if store is not None else open_store(settings.db)
         app.state.hub = Hub(settings.client_queue_size, settings.client_max_skipped)
+        app.state.pools = Pools.create(settings.ingest_threads, settings.read_threads)
+        app.state.ingest_budget = ByteBudget(settings.max_inflight_bytes)
+        app.state.ingest_connections = 0
         try:
             yield
         finally:
             app.state.hub.close()
+            app.state.pools.shutdown()
             app.state.store.close()
 
     app = FastAPI(

@@ -105,30 +105,43 @@ def plain(text: str) -> str:
     return html.escape(text, quote=False)
 
 
-def _figure(title: str, uirevision: str, x: Mapping[str, Any], y: Mapping[str, Any]) -> go.Figure:
-    fig = go.Figure(_validate=False)
-    fig.update_layout(
-        **_LAYOUT,
-        title={"text": plain(title), "x": 0.01, "font": {"size": 14}},
-        uirevision=uirevision,
-        xaxis={**_AXIS, **x},
-        yaxis={**_AXIS, **y},
+def _figure(
+    title: str, uirevision: str, x: Mapping[str, Any], y: Mapping[str, Any], **layout: Any
+) -> go.Figure:
+    # The whole layout goes to the constructor: plotly's update_layout parses every
+    # property path and costs ~50x more (it was most of a step figure's 190 ms).
+    return go.Figure(
+        layout={
+            **_LAYOUT,
+            "title": {"text": plain(title), "x": 0.01, "font": {"size": 14}},
+            "uirevision": uirevision,
+            "xaxis": {**_AXIS, **x},
+            "yaxis": {**_AXIS, **y},
+            **layout,
+        },
+        _validate=False,
     )
-    return fig
+
+
+def _relayout(fig: go.Figure, **layout: Any) -> go.Figure:
+    """``fig`` with these layout properties set (without plotly's slow update path)."""
+    return go.Figure(
+        data=fig.data, layout={**fig.layout.to_plotly_json(), **layout}, _validate=False
+    )
 
 
 def _note(fig: go.Figure, text: str) -> go.Figure:
     """Write ``text`` in the middle of the plot (so an empty plot says why it is empty)."""
-    fig.add_annotation(
-        text=text,
-        xref="paper",
-        yref="paper",
-        x=0.5,
-        y=0.5,
-        showarrow=False,
-        font={"size": 13, "color": "#666"},
-    )
-    return fig
+    note = {
+        "text": text,
+        "xref": "paper",
+        "yref": "paper",
+        "x": 0.5,
+        "y": 0.5,
+        "showarrow": False,
+        "font": {"size": 13, "color": "#666"},
+    }
+    return _relayout(fig, annotations=[*fig.layout.to_plotly_json().get("annotations", []), note])
 
 
 def _fmt(value: float) -> str:
@@ -258,7 +271,7 @@ def density_figure(
             _density_trace(vals, edges, mode, f"{label} (K={len(vals)})", COLORS[i % len(COLORS)])
         )
     if not any(values):
-        _note(fig, "no non-zero eigenvalues at this step")
+        fig = _note(fig, "no non-zero eigenvalues at this step")
     return fig
 
 
@@ -356,7 +369,7 @@ def snr_figure(snapshot: Snapshot, group: str, *, uirevision: str = "snr") -> go
         )
     )
     if not shown:
-        _note(fig, "every SNR is undefined (zero variance) at this step")
+        fig = _note(fig, "every SNR is undefined (zero variance) at this step")
     return fig
 
 
@@ -373,8 +386,7 @@ def gamma_figure(snapshot: Snapshot, group: str, *, uirevision: str = "gamma") -
         lam, gamma, label="|γ_k|", color=COLORS[2], left_out=[f"{zero} zero"] if zero else []
     )
     fig.add_trace(trace)
-    fig.update_layout(showlegend=True)
-    return fig
+    return _relayout(fig, showlegend=True)
 
 
 def overlap_bars(
@@ -446,8 +458,7 @@ def overlap_figure(
             hovertemplate="1 − Σ γ_k²/‖g‖² = %{y:.3g}<extra></extra>",
         )
     )
-    fig.update_layout(bargap=0.1, showlegend=True)
-    return fig
+    return _relayout(fig, bargap=0.1, showlegend=True)
 
 
 # -- over steps ----------------------------------------------------------------------------
@@ -491,7 +502,7 @@ def eigval_trajectories_figure(
             )
         )
     if not fig.data:
-        _note(fig, "no eigenvalues yet")
+        fig = _note(fig, "no eigenvalues yet")
     return fig
 
 
@@ -511,7 +522,7 @@ def loss_figure(series: Sequence[Snapshot], *, uirevision: str = "loss") -> go.F
         )
     )
     if not series:
-        _note(fig, "no snapshots yet")
+        fig = _note(fig, "no snapshots yet")
     return fig
 
 
@@ -532,8 +543,11 @@ def compare_density_figure(
         n_bins=n_bins,
         uirevision=uirevision,
     )
-    fig.update_layout(title={"text": plain(f"Spectral density, latest step — {group}")})
-    return fig
+    title = {
+        **fig.layout.title.to_plotly_json(),
+        "text": plain(f"Spectral density, latest step — {group}"),
+    }
+    return _relayout(fig, title=title)
 
 
 def compare_trajectories_figure(
@@ -565,7 +579,7 @@ def compare_trajectories_figure(
                 )
             )
     if not fig.data:
-        _note(fig, "no eigenvalues in these runs")
+        fig = _note(fig, "no eigenvalues in these runs")
     return fig
 
 

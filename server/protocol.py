@@ -25,6 +25,7 @@ __all__ = [
     "CLOSE_MESSAGE_TOO_BIG",
     "CLOSE_NORMAL",
     "CLOSE_SLOW_CLIENT",
+    "CLOSE_TRY_AGAIN_LATER",
     "CLOSE_UNAUTHORIZED",
     "CLOSE_UNSUPPORTED_DATA",
     "CLOSE_UNSUPPORTED_SCHEMA",
@@ -74,6 +75,8 @@ CLOSE_MESSAGE_TOO_BIG = 1009
 """A frame was larger than the server's ``max_message_bytes``."""
 CLOSE_INTERNAL_ERROR = 1011
 """The server could not store the message; nothing was acknowledged, resend later."""
+CLOSE_TRY_AGAIN_LATER = 1013
+"""The server has as many probe connections as it takes; reconnect later (with backoff)."""
 CLOSE_UNAUTHORIZED = 4401
 """A token is required and none, or a wrong one, was presented."""
 CLOSE_FORBIDDEN_ORIGIN = 4403

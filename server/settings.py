@@ -8,10 +8,13 @@ listens on a socket.
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
+import os
+from typing import Any
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from curvscope.server.stores.base import redact_url
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "Settings", "is_loopback_host"]
 
@@ -38,7 +41,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    db: Path = Path("curvscope.sqlite")
+    db: str = "curvscope.sqlite"
+    """A SQLite file path (a :class:`~pathlib.Path` is accepted too) or a
+    ``postgresql://`` URL (:func:`~curvscope.server.stores.open_store`). Its password, if
+    any, never shows in ``repr``."""
     token: SecretStr | None = None
     protect_reads: bool = False
     insecure: bool = False
@@ -57,6 +63,27 @@ class Settings(BaseSettings):
     for any (not advised)."""
     max_points_limit: int = Field(10_000, ge=2)
     """Upper bound on ``max_points`` accepted by the snapshots endpoint."""
+    ingest_threads: int = Field(4, ge=1, le=256)
+    """Threads for database writes and the parsing of large frames (never used by reads)."""
+    read_threads: int = Field(4, ge=1, le=256)
+    """Threads for REST and figure reads (never used by ingest)."""
+    max_ingest_connections: int = Field(256, ge=1)
+    """Probe connections at once; more are closed with 1013 (try again later)."""
+    max_inflight_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    """Bytes of ingest frames parsed and stored at once; further frames wait their turn."""
+    max_figure_groups: int = Field(64, ge=1)
+    """Groups whose figures one request builds (the rest are named, not drawn: ``group=``
+    picks others)."""
+
+    @field_validator("db", mode="before")
+    @classmethod
+    def _db_path_or_url(cls, value: Any) -> Any:
+        """Paths (``Settings(db=tmp_path / "x.sqlite")``) as their text."""
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "db" and isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

@@ -299,7 +299,10 @@ export class RunView {
     const summary = data.run;
     this.metaEl.textContent =
       `${summary.snapshots} snapshots · steps ${summary.first_step ?? "–"}–${summary.last_step ?? "–"} · ` +
-      `last update ${ago(summary.last_update)}${data.downsampled ? ` · over-step plots down-sampled to ${data.series_points} snapshots` : ""}`;
+      `last update ${ago(summary.last_update)}${data.downsampled ? ` · over-step plots down-sampled to ${data.series_points} snapshots` : ""}` +
+      (data.group_names && data.group_names.length > data.groups.length
+        ? ` · figures of the first ${data.groups.length} of ${data.group_names.length} parameter groups`
+        : "");
     this.eventsEl.replaceChildren(...[eventsBanner(data.events)].filter(Boolean));
     if (!data.groups.length) {
       this.toolbar.hidden = true;

@@ -67,7 +67,7 @@ FATAL_CLOSE_CODES = frozenset(
     {CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN_ORIGIN, CLOSE_UNSUPPORTED_SCHEMA}
 )
 """Close codes with the same meaning."""
-TRANSIENT_CODES = frozenset({"store_failed"})
+TRANSIENT_CODES = frozenset({"store_failed", "too_many_connections"})
 """Error codes after which the same message may succeed later."""
 
 

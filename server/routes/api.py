@@ -7,11 +7,10 @@ document the shapes in the OpenAPI schema.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
@@ -19,6 +18,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from curvscope.server.auth import require_read, require_write
+from curvscope.server.executors import reading, writing
 from curvscope.server.hub import RUNS_TOPIC
 from curvscope.server.params import (
     RunPath,
@@ -34,7 +34,13 @@ from curvscope.server.protocol import (
     ConfigPayload,
     GroupPayload,
 )
-from curvscope.server.stores import EventRecord, RunSummary, SnapshotRecord, Store
+from curvscope.server.stores import (
+    EventRecord,
+    RunSummary,
+    SnapshotRecord,
+    Store,
+    downsample_indices,
+)
 
 __all__ = ["CSV_COLUMNS", "router"]
 
@@ -81,14 +87,35 @@ _reads = [Depends(require_read)]
 
 
 async def _summary_or_404(request: Request, run: str) -> RunSummary:
-    summary = await asyncio.to_thread(app_store(request).get_run, run)
+    summary = await reading(request, app_store(request).get_run, run)
     if summary is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run named {run!r}")
     return summary
 
 
-def _json_list(records: list[SnapshotRecord]) -> str:
-    return "[" + ",".join(r.to_json() for r in records) + "]"
+SNAPSHOT_CHUNK = 64
+"""Snapshots read and sent at a time by the snapshots endpoint (its memory bound)."""
+
+
+def _records(store: Store, run: str, steps: list[int]) -> list[SnapshotRecord]:
+    """The snapshots at ``steps`` (ascending): one range read when they are all there is
+    in their range, else one read per step."""
+    if not steps:
+        return []
+    span = store.read_snapshots(run, steps[0], steps[-1], len(steps) + 1)
+    if [r.step for r in span] == steps:
+        return span
+    return [r for r in (store.read_snapshot(run, s) for s in steps) if r is not None]
+
+
+async def _stream_snapshots(request: Request, run: str, steps: list[int]) -> AsyncIterator[str]:
+    """``[snapshot, ...]`` as JSON text, :data:`SNAPSHOT_CHUNK` snapshots at a time."""
+    store = app_store(request)
+    yield "["
+    for i in range(0, len(steps), SNAPSHOT_CHUNK):
+        records = await reading(request, _records, store, run, steps[i : i + SNAPSHOT_CHUNK])
+        yield ("," if i else "") + ",".join(r.to_json() for r in records)
+    yield "]"
 
 
 @router.get("/health", response_model=Health)
@@ -107,7 +134,7 @@ async def health(request: Request) -> Health:
 async def list_runs(request: Request) -> list[dict[str, object]]:
     """All runs, most recently updated first."""
     window = app_settings(request).live_window_s
-    runs = await asyncio.to_thread(app_store(request).list_runs)
+    runs = await reading(request, app_store(request).list_runs)
     return [r.to_dict(live_window_s=window) for r in runs]
 
 
@@ -143,17 +170,21 @@ async def read_snapshots(
     if start is not None and end is not None and start > end:
         raise HTTPException(422, "start must be <= end")
     await _summary_or_404(request, run)
-    records = await asyncio.to_thread(
-        app_store(request).read_snapshots, run, start, end, max_points
-    )
-    return Response(_json_list(records), media_type="application/json")
+    steps = [
+        s
+        for s in await reading(request, app_store(request).list_steps, run)
+        if (start is None or s >= start) and (end is None or s <= end)
+    ]
+    steps = [steps[i] for i in downsample_indices(len(steps), max_points)]
+    # Streamed a chunk at a time: a run of thousands of snapshots is never one body in memory.
+    return StreamingResponse(_stream_snapshots(request, run, steps), media_type="application/json")
 
 
 @router.get("/runs/{run}/events", response_model=list[EventRecord], dependencies=_reads)
 async def read_events(request: Request, run: RunPath) -> list[EventRecord]:
     """A run's events (errors, warnings, notes reported by the probe) in arrival order."""
     await _summary_or_404(request, run)
-    return await asyncio.to_thread(app_store(request).read_events, run)
+    return await reading(request, app_store(request).read_events, run)
 
 
 CSV_COLUMNS = (
@@ -270,7 +301,7 @@ async def export_run(
 )
 async def delete_run(request: Request, run: RunPath) -> Response:
     """Delete a run with its snapshots and events (needs the token when one is configured)."""
-    deleted = await asyncio.to_thread(app_store(request).delete_run, run)
+    deleted = await writing(request, app_store(request).delete_run, run)
     if not deleted:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run named {run!r}")
     hub = app_hub(request)

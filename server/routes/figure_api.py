@@ -12,7 +12,6 @@ always kept), so a run of 1,000 snapshots loads as fast as one of 200.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -22,6 +21,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 
 from curvscope.server import figures
 from curvscope.server.auth import require_read
+from curvscope.server.executors import reading
 from curvscope.server.figures import DensityMode, Overlay, Snapshot
 from curvscope.server.params import (
     RunPath,
@@ -47,6 +47,9 @@ MaxPoints = Annotated[
 Mode = Annotated[DensityMode, Query(description="density (per decade) or count")]
 OverlayQuery = Annotated[Overlay, Query(description="overlay the first/latest density")]
 Top = Annotated[int, Query(ge=1, le=50, description="eigenvalue trajectories shown")]
+GroupsQuery = Annotated[
+    list[str] | None, Query(description="Parameter groups to draw (repeatable; default: all)")
+]
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_read)])
 
@@ -124,12 +127,17 @@ def _step_groups(
     *,
     overlay: Overlay,
     mode: DensityMode,
-) -> tuple[int, list[dict[str, Any]]]:
-    """The shown step and, per group, its per-step figures and facts."""
+    groups: Sequence[str] | None = None,
+    max_groups: int | None = None,
+) -> tuple[int, list[str], list[dict[str, Any]]]:
+    """The shown step, every group's name, and per group drawn (those in ``groups``, or
+    all; at most ``max_groups``) its per-step figures and facts."""
     current, first, latest = _step_snapshots(store, run, steps, step)
     backend = current.get("config", {}).get("backend", DEFAULT_BACKEND)
+    names = _groups_of(current, latest)
+    drawn = names if groups is None else [n for n in names if n in set(groups)]
     out = []
-    for name in _groups_of(current, latest):
+    for name in drawn[:max_groups]:
         group = figures.find_group(current, name) or {}
         out.append(
             {
@@ -144,7 +152,7 @@ def _step_groups(
                 ),
             }
         )
-    return current["step"], out
+    return current["step"], names, out
 
 
 def run_view_data(
@@ -157,8 +165,13 @@ def run_view_data(
     max_points: int = DEFAULT_MAX_POINTS,
     top: int = 8,
     live_window_s: float = 60.0,
+    groups: Sequence[str] | None = None,
+    max_groups: int | None = None,
 ) -> dict[str, Any]:
     """Everything the run view (and the report) shows, with figures as ``go.Figure``.
+
+    ``groups`` picks the groups drawn (default: all, at most ``max_groups``: a request's
+    work stays bounded whatever the model; ``group_names`` lists every group).
 
     Keys: ``run`` (summary), ``step``, ``steps`` (every stored step, for the slider),
     ``series_points`` (snapshots in the plots over steps), ``downsampled`` (fewer than all),
@@ -180,26 +193,37 @@ def run_view_data(
         "downsampled": len(steps) > len(series),
         "events": _events(store, run),
         "loss": figures.loss_figure(series, uirevision=f"{run}:loss"),
+        "group_names": [],
         "groups": [],
     }
     if not steps:
         return data
-    shown, groups = _step_groups(store, run, steps, step, overlay=overlay, mode=mode)
-    for group in groups:
+    shown, names, drawn = _step_groups(
+        store, run, steps, step, overlay=overlay, mode=mode, groups=groups, max_groups=max_groups
+    )
+    for group in drawn:
         group["figures"].update(figures.series_figures(series, group["name"], top=top, run=run))
-    data.update(step=shown, groups=groups)
+    data.update(step=shown, group_names=names, groups=drawn)
     return data
 
 
 def _step_data(
-    store: Store, run: str, step: int | None, mode: DensityMode, overlay: Overlay
+    store: Store,
+    run: str,
+    step: int | None,
+    mode: DensityMode,
+    overlay: Overlay,
+    groups: Sequence[str] | None = None,
+    max_groups: int | None = None,
 ) -> dict[str, Any]:
     steps = store.list_steps(run)
     if not steps:
         _summary(store, run)  # 404 for an unknown run; a run with events only has no step
-        return {"run": run, "step": None, "groups": []}
-    shown, groups = _step_groups(store, run, steps, step, overlay=overlay, mode=mode)
-    return {"run": run, "step": shown, "groups": groups}
+        return {"run": run, "step": None, "group_names": [], "groups": []}
+    shown, names, drawn = _step_groups(
+        store, run, steps, step, overlay=overlay, mode=mode, groups=groups, max_groups=max_groups
+    )
+    return {"run": run, "step": shown, "group_names": names, "groups": drawn}
 
 
 def _compare_data(
@@ -236,12 +260,12 @@ def _compare_data(
     }
 
 
-async def _respond(func: Any, *args: Any, **kwargs: Any) -> Response:
+async def _respond(request: Request, func: Any, *args: Any, **kwargs: Any) -> Response:
     try:
-        data = await asyncio.to_thread(func, *args, **kwargs)
+        data = await reading(request, func, *args, **kwargs)
     except _NotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    body = await asyncio.to_thread(_encode, data)
+    body = await reading(request, _encode, data)
     return Response(body, media_type="application/json")
 
 
@@ -254,10 +278,13 @@ async def run_figures(
     overlay: OverlayQuery = "none",
     max_points: MaxPoints = DEFAULT_MAX_POINTS,
     top: Top = 8,
+    group: GroupsQuery = None,
 ) -> Response:
-    """Every figure of the run view at ``step``, as Plotly figure JSON."""
+    """Every figure of the run view at ``step``, as Plotly figure JSON (the groups asked
+    for, or the first ``max_figure_groups``; ``group_names`` lists them all)."""
     check_max_points(request, max_points)
     return await _respond(
+        request,
         run_view_data,
         app_store(request),
         run,
@@ -267,6 +294,8 @@ async def run_figures(
         max_points=max_points,
         top=top,
         live_window_s=app_settings(request).live_window_s,
+        groups=group,
+        max_groups=app_settings(request).max_figure_groups,
     )
 
 
@@ -277,9 +306,21 @@ async def step_figures(
     step: StepQuery = None,
     mode: Mode = "density",
     overlay: OverlayQuery = "none",
+    group: GroupsQuery = None,
 ) -> Response:
-    """Only the per-step figures (density, SNR, |γ|, overlap) of every group at ``step``."""
-    return await _respond(_step_data, app_store(request), run, step, mode, overlay)
+    """Only the per-step figures (density, SNR, |γ|, overlap) at ``step``, of the groups
+    asked for (default: the first ``max_figure_groups``)."""
+    return await _respond(
+        request,
+        _step_data,
+        app_store(request),
+        run,
+        step,
+        mode,
+        overlay,
+        group,
+        app_settings(request).max_figure_groups,
+    )
 
 
 @router.get("/compare/figures", responses={404: {"description": "A run does not exist"}})
@@ -298,4 +339,6 @@ async def compare_figures(
     bad = [r for r in names if not is_run_name(r)]
     if bad:
         raise HTTPException(422, f"invalid run name {bad[0]!r}")
-    return await _respond(_compare_data, app_store(request), names, group, mode, max_points)
+    return await _respond(
+        request, _compare_data, app_store(request), names, group, mode, max_points
+    )

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,12 +23,14 @@ from pydantic import ValidationError
 
 from curvscope.server import protocol
 from curvscope.server.auth import origin_allowed, presented_token, token_matches
+from curvscope.server.executors import ByteBudget, writing
 from curvscope.server.hub import RUNS_TOPIC, Hub, run_topic
 from curvscope.server.params import app_hub, app_settings, app_store
 from curvscope.server.protocol import (
     CLOSE_FORBIDDEN_ORIGIN,
     CLOSE_INTERNAL_ERROR,
     CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNAUTHORIZED,
     CLOSE_UNSUPPORTED_DATA,
     CLOSE_UNSUPPORTED_SCHEMA,
@@ -59,6 +62,7 @@ __all__ = [
     "ERROR_SHAPE_MISMATCH",
     "ERROR_STEP_CONFLICT",
     "ERROR_STORE_FAILED",
+    "ERROR_TOO_MANY_CONNECTIONS",
     "ERROR_UNAUTHORIZED",
     "ERROR_UNKNOWN_TYPE",
     "ERROR_UNSUPPORTED_SCHEMA",
@@ -83,6 +87,7 @@ ERROR_BINARY_FRAME = "binary_frame"
 ERROR_UNAUTHORIZED = "unauthorized"
 ERROR_FORBIDDEN_ORIGIN = "forbidden_origin"
 ERROR_STORE_FAILED = "store_failed"
+ERROR_TOO_MANY_CONNECTIONS = "too_many_connections"
 ERROR_RUN_TAKEN = "run_taken"
 ERROR_STEP_CONFLICT = "step_conflict"
 
@@ -103,6 +108,7 @@ BAD_INPUT: dict[str, int | None] = {
     ERROR_STORE_FAILED: CLOSE_INTERNAL_ERROR,
     ERROR_RUN_TAKEN: None,
     ERROR_STEP_CONFLICT: None,
+    ERROR_TOO_MANY_CONNECTIONS: CLOSE_TRY_AGAIN_LATER,
 }
 """Error code -> close code; ``None``: the connection continues with the next message."""
 
@@ -180,20 +186,40 @@ def parse(text: str) -> SnapshotMessage | EventMessage | Reply:
         return _error(_classify(exc), _describe(exc), data)
 
 
-async def handle_text(text: str, store: Store, hub: Hub, *, live_window_s: float = 60.0) -> Reply:
+OFF_LOOP_BYTES = 64 * 1024
+"""Frames at least this long are parsed and validated off the event loop."""
+
+Blocking = Callable[..., Awaitable[Any]]
+"""Runs ``fn(*args)`` in a thread and awaits it (the app's ingest pool)."""
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.to_thread(fn, *args)
+
+
+async def handle_text(
+    text: str,
+    store: Store,
+    hub: Hub,
+    *,
+    live_window_s: float = 60.0,
+    blocking: Blocking = _in_thread,
+) -> Reply:
     """Validate, store and publish one text frame; never raises for bad input.
 
     ``live_window_s`` only shapes the ``live`` flag of the run-list update sent to browsers.
+    The store write (and the parsing of a frame of :data:`OFF_LOOP_BYTES` or more) runs in
+    ``blocking``, so the event loop keeps serving everyone else meanwhile.
     """
-    parsed = parse(text)
+    parsed = parse(text) if len(text) < OFF_LOOP_BYTES else await blocking(parse, text)
     if isinstance(parsed, Reply):
         return parsed
     received_at = time.time()
     try:
         if isinstance(parsed, SnapshotMessage):
-            inserted = await asyncio.to_thread(store.append_snapshot, parsed, received_at)
+            inserted = await blocking(store.append_snapshot, parsed, received_at)
         else:
-            inserted = await asyncio.to_thread(store.append_event, parsed, received_at)
+            inserted = await blocking(store.append_event, parsed, received_at)
     except RunTaken as taken:
         owner = f"instance {taken.owner}" if taken.owner else "a probe from before instances"
         return Reply(
@@ -224,7 +250,7 @@ async def handle_text(text: str, store: Store, hub: Hub, *, live_window_s: float
             {"run": parsed.run, "step": parsed.step},
         )
     if inserted:
-        await _publish(parsed, received_at, store, hub, live_window_s)
+        await _publish(parsed, received_at, store, hub, live_window_s, blocking)
     return Reply(
         AckMessage(kind=parsed.type, run=parsed.run, step=parsed.step, duplicate=not inserted)
     )
@@ -236,6 +262,7 @@ async def _publish(
     store: Store,
     hub: Hub,
     live_window_s: float,
+    blocking: Blocking,
 ) -> None:
     topic = run_topic(message.run)
     if hub.has_subscribers(topic):
@@ -260,7 +287,7 @@ async def _publish(
                 ),
             )
     if hub.has_subscribers(RUNS_TOPIC):
-        summary = await asyncio.to_thread(store.get_run, message.run)
+        summary = await blocking(store.get_run, message.run)
         if summary is not None:
             hub.publish(
                 RUNS_TOPIC,
@@ -298,6 +325,23 @@ async def ingest(ws: WebSocket) -> None:
             ),
         )
         return
+    state = ws.app.state
+    if state.ingest_connections >= settings.max_ingest_connections:
+        await _refuse(
+            ws,
+            _error(
+                ERROR_TOO_MANY_CONNECTIONS,
+                f"the server takes {settings.max_ingest_connections} probe connections at "
+                "once; reconnect later",
+            ),
+        )
+        return
+    state.ingest_connections += 1
+    budget: ByteBudget = state.ingest_budget
+
+    async def blocking(fn: Callable[..., Any], *args: Any) -> Any:
+        return await writing(ws, fn, *args)
+
     try:
         while True:
             frame = await ws.receive()
@@ -319,10 +363,15 @@ async def ingest(ws: WebSocket) -> None:
                     ),
                 )
                 return
-            reply = await handle_text(text, store, hub, live_window_s=settings.live_window_s)
+            async with budget.take(len(text)):  # frames beyond the budget wait their turn
+                reply = await handle_text(
+                    text, store, hub, live_window_s=settings.live_window_s, blocking=blocking
+                )
             if reply.close_code is not None:
                 await _refuse(ws, reply)
                 return
             await ws.send_text(reply.message.model_dump_json())
     except WebSocketDisconnect:
         return
+    finally:
+        state.ingest_connections -= 1

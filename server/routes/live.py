@@ -15,6 +15,7 @@ import json
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from curvscope.server.auth import origin_allowed, presented_token, token_matches
+from curvscope.server.executors import reading
 from curvscope.server.hub import RUNS_TOPIC, Hub, Subscriber, run_topic
 from curvscope.server.params import app_hub, app_settings, app_store, is_run_name
 from curvscope.server.protocol import (
@@ -99,7 +100,7 @@ async def watch_runs(ws: WebSocket) -> None:
         return
     hub = app_hub(ws)
     sub = hub.subscribe(RUNS_TOPIC)
-    runs = await asyncio.to_thread(app_store(ws).list_runs)
+    runs = await reading(ws, app_store(ws).list_runs)
     settings = app_settings(ws)
     first = json.dumps(
         {"type": "runs", "runs": [r.to_dict(live_window_s=settings.live_window_s) for r in runs]}

@@ -1,0 +1,106 @@
+"""Ingest isolation on a real server: reads never hold up acks, large frames are parsed off
+the event loop, probe connections are capped."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from curvscope.server.protocol import CLOSE_TRY_AGAIN_LATER
+from tests.helpers.messages import make_group, make_snapshot
+from tests.helpers.server_process import ServerProcess, running_server
+
+
+def _send(server: ServerProcess, message: dict) -> dict:
+    with connect(server.ws_url("/ws/ingest"), open_timeout=10, max_size=None) as ws:
+        ws.send(json.dumps(message))
+        return json.loads(ws.recv(timeout=60))
+
+
+def test_acks_do_not_wait_behind_dashboard_reads(tmp_path: Path) -> None:
+    """Eight figure requests (32 groups each) occupy the read threads; a probe's snapshot
+    sent meanwhile is acknowledged before most of them finish (was: its write queued behind
+    them in the one shared thread pool of 6 threads)."""
+    heavy = make_snapshot("big", 0, groups=[make_group(f"g{i}", k=100) for i in range(32)])
+    env = {"CURVSCOPE_READ_THREADS": "2"}
+    with running_server(tmp_path / "db.sqlite", env=env) as server:
+        assert _send(server, heavy)["type"] == "ack"
+        done = 0
+        lock = threading.Lock()
+        started = threading.Barrier(9)
+
+        def read() -> None:
+            nonlocal done
+            started.wait()
+            url = server.url("/api/runs/big/figures/step")
+            assert httpx.get(url, timeout=300).status_code == 200
+            with lock:
+                done += 1
+
+        with ThreadPoolExecutor(8) as pool:
+            reads = [pool.submit(read) for _ in range(8)]
+            started.wait()
+            ack = _send(server, make_snapshot("probe", 1))
+            with lock:
+                finished_at_ack = done
+            for future in reads:
+                future.result()
+    assert ack["type"] == "ack"
+    assert finished_at_ack < 4, finished_at_ack
+
+
+def test_a_large_frame_does_not_hold_up_other_probes(tmp_path: Path) -> None:
+    """A valid ~4 MiB snapshot is parsed off the event loop: a small snapshot sent just
+    after it on another connection is acknowledged first."""
+    big = make_snapshot("big", 0, groups=[make_group(f"g{i}", k=2000) for i in range(50)])
+    text = json.dumps(big)
+    assert 3_000_000 < len(text) < 4 * 1024 * 1024
+    with running_server(tmp_path / "db.sqlite") as server:
+        order: list[str] = []
+        lock = threading.Lock()
+        with (
+            connect(server.ws_url("/ws/ingest"), max_size=None) as slow,
+            connect(server.ws_url("/ws/ingest")) as quick,
+        ):
+            slow.send(text)
+            quick.send(json.dumps(make_snapshot("small", 0)))
+
+            def wait(ws, name: str) -> None:
+                assert json.loads(ws.recv(timeout=60))["type"] == "ack"
+                with lock:
+                    order.append(name)
+
+            waiters = [
+                threading.Thread(target=wait, args=(slow, "big")),
+                threading.Thread(target=wait, args=(quick, "small")),
+            ]
+            for t in waiters:
+                t.start()
+            for t in waiters:
+                t.join(timeout=120)
+    assert order == ["small", "big"]
+
+
+def test_probe_connections_are_capped(tmp_path: Path) -> None:
+    env = {"CURVSCOPE_MAX_INGEST_CONNECTIONS": "2"}
+    with running_server(tmp_path / "db.sqlite", env=env) as server:
+        url = server.ws_url("/ws/ingest")
+        with connect(url) as first, connect(url) as second:
+            for i, ws in enumerate((first, second)):
+                ws.send(json.dumps(make_snapshot("r", i)))
+                assert json.loads(ws.recv(timeout=10))["type"] == "ack"
+            with connect(url) as third:
+                error = json.loads(third.recv(timeout=10))
+                assert error["code"] == "too_many_connections"
+                with pytest.raises(ConnectionClosed) as closed:
+                    third.recv(timeout=10)
+                assert closed.value.rcvd.code == CLOSE_TRY_AGAIN_LATER
+        # once they are gone, a new probe gets in
+        assert _send(server, make_snapshot("r", 5))["type"] == "ack"
