@@ -7,15 +7,19 @@ browser clients and closes the store.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from curvscope.server.executors import ByteBudget, Pools
+from curvscope.server.fanout import Fanout
 from curvscope.server.hub import Hub
 from curvscope.server.routes import api, ingest, live, pages
 from curvscope.server.settings import Settings
@@ -55,11 +59,20 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.state.store = store if store is not None else open_store(settings.db)
         app.state.hub = Hub(settings.client_queue_size, settings.client_max_skipped)
         app.state.pools = Pools.create(settings.ingest_threads, settings.read_threads)
+
+        async def read(fn: Callable[..., Any], *args: Any) -> Any:
+            return await asyncio.get_running_loop().run_in_executor(
+                app.state.pools.read, functools.partial(fn, *args)
+            )
+
+        app.state.fanout = Fanout(app.state.store, app.state.hub, settings.live_window_s, read)
+        app.state.fanout.start(asyncio.get_running_loop())
         app.state.ingest_budget = ByteBudget(settings.max_inflight_bytes)
         app.state.ingest_connections = 0
         try:
             yield
         finally:
+            app.state.fanout.stop()
             app.state.hub.close()
             app.state.pools.shutdown()
             app.state.store.close()

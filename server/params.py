@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import HTTPException, Path, Query
 from starlette.requests import HTTPConnection
 
+from curvscope.server.fanout import Fanout
 from curvscope.server.hub import Hub
 from curvscope.server.protocol import MAX_RUN_NAME_LENGTH, MAX_STEP, RUN_NAME_PATTERN
 from curvscope.server.settings import Settings
@@ -21,6 +22,7 @@ from curvscope.server.stores import Store
 __all__ = [
     "RunPath",
     "StepQuery",
+    "app_fanout",
     "app_hub",
     "app_settings",
     "app_store",
@@ -60,6 +62,12 @@ def app_hub(conn: HTTPConnection) -> Hub:
     """The app's live hub (created by the lifespan)."""
     hub: Hub = conn.app.state.hub
     return hub
+
+
+def app_fanout(conn: HTTPConnection) -> Fanout:
+    """The app's fan-out of stored changes to browsers (created by the lifespan)."""
+    fanout: Fanout = conn.app.state.fanout
+    return fanout
 
 
 def app_settings(conn: HTTPConnection) -> Settings:

@@ -19,9 +19,9 @@ from pydantic import BaseModel
 
 from curvscope.server.auth import require_read, require_write
 from curvscope.server.executors import reading, writing
-from curvscope.server.hub import RUNS_TOPIC
 from curvscope.server.params import (
     RunPath,
+    app_fanout,
     app_hub,
     app_settings,
     app_store,
@@ -304,6 +304,7 @@ async def delete_run(request: Request, run: RunPath) -> Response:
     deleted = await writing(request, app_store(request).delete_run, run)
     if not deleted:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run named {run!r}")
-    hub = app_hub(request)
-    hub.publish(RUNS_TOPIC, json.dumps({"type": "run_deleted", "run": run}))
+    fanout = app_fanout(request)
+    if not fanout.cross_worker:  # else every worker hears of it from the store's feed
+        fanout.deleted(run)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -24,8 +24,8 @@ from pydantic import ValidationError
 from curvscope.server import protocol
 from curvscope.server.auth import origin_allowed, presented_token, token_matches
 from curvscope.server.executors import ByteBudget, writing
-from curvscope.server.hub import RUNS_TOPIC, Hub, run_topic
-from curvscope.server.params import app_hub, app_settings, app_store
+from curvscope.server.fanout import Fanout
+from curvscope.server.params import app_fanout, app_settings, app_store
 from curvscope.server.protocol import (
     CLOSE_FORBIDDEN_ORIGIN,
     CLOSE_INTERNAL_ERROR,
@@ -200,16 +200,15 @@ async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
 async def handle_text(
     text: str,
     store: Store,
-    hub: Hub,
+    fanout: Fanout,
     *,
-    live_window_s: float = 60.0,
     blocking: Blocking = _in_thread,
 ) -> Reply:
     """Validate, store and publish one text frame; never raises for bad input.
 
-    ``live_window_s`` only shapes the ``live`` flag of the run-list update sent to browsers.
     The store write (and the parsing of a frame of :data:`OFF_LOOP_BYTES` or more) runs in
-    ``blocking``, so the event loop keeps serving everyone else meanwhile.
+    ``blocking``, so the event loop keeps serving everyone else meanwhile. Browsers hear
+    of a stored message through ``fanout`` (from here, or from the store's feed).
     """
     parsed = parse(text) if len(text) < OFF_LOOP_BYTES else await blocking(parse, text)
     if isinstance(parsed, Reply):
@@ -249,52 +248,16 @@ async def handle_text(
             "the server could not store the message; resend later",
             {"run": parsed.run, "step": parsed.step},
         )
-    if inserted:
-        await _publish(parsed, received_at, store, hub, live_window_s, blocking)
+    if inserted and not fanout.cross_worker:
+        if isinstance(parsed, SnapshotMessage):
+            payload = snapshot_payload_json(parsed)
+            await fanout.snapshot(SnapshotRecord(parsed.run, parsed.step, received_at, payload))
+        else:
+            fields = parsed.model_dump(mode="json", exclude={"schema_version", "type", "resume"})
+            await fanout.event(fields | {"received_at": received_at})
     return Reply(
         AckMessage(kind=parsed.type, run=parsed.run, step=parsed.step, duplicate=not inserted)
     )
-
-
-async def _publish(
-    message: SnapshotMessage | EventMessage,
-    received_at: float,
-    store: Store,
-    hub: Hub,
-    live_window_s: float,
-    blocking: Blocking,
-) -> None:
-    topic = run_topic(message.run)
-    if hub.has_subscribers(topic):
-        if isinstance(message, SnapshotMessage):
-            record = SnapshotRecord(
-                message.run, message.step, received_at, snapshot_payload_json(message)
-            )
-            body = record.to_json()
-            hub.publish(
-                topic, f'{{"type":"snapshot","run":{json.dumps(message.run)},"snapshot":{body}}}'
-            )
-        else:
-            event = message.model_dump(mode="json", exclude={"schema_version", "type"})
-            hub.publish(
-                topic,
-                json.dumps(
-                    {
-                        "type": "event",
-                        "run": message.run,
-                        "event": event | {"received_at": received_at},
-                    }
-                ),
-            )
-    if hub.has_subscribers(RUNS_TOPIC):
-        summary = await blocking(store.get_run, message.run)
-        if summary is not None:
-            hub.publish(
-                RUNS_TOPIC,
-                json.dumps(
-                    {"type": "run_update", "summary": summary.to_dict(live_window_s=live_window_s)}
-                ),
-            )
 
 
 def _too_big(text: str, limit: int) -> bool:
@@ -311,7 +274,6 @@ async def ingest(ws: WebSocket) -> None:
     """Receive probe messages until the probe disconnects or a closing error occurs."""
     settings = app_settings(ws)
     store = app_store(ws)
-    hub = app_hub(ws)
     await ws.accept()
     if not origin_allowed(ws):
         await _refuse(ws, _error(ERROR_FORBIDDEN_ORIGIN, "websocket from a foreign Origin"))
@@ -364,9 +326,7 @@ async def ingest(ws: WebSocket) -> None:
                 )
                 return
             async with budget.take(len(text)):  # frames beyond the budget wait their turn
-                reply = await handle_text(
-                    text, store, hub, live_window_s=settings.live_window_s, blocking=blocking
-                )
+                reply = await handle_text(text, store, app_fanout(ws), blocking=blocking)
             if reply.close_code is not None:
                 await _refuse(ws, reply)
                 return
