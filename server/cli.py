@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -59,7 +61,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (default 8000)")
-    parser.add_argument("--db", help="SQLite database file (default ./curvscope.sqlite)")
+    parser.add_argument(
+        "--db",
+        help="SQLite file (default ./curvscope.sqlite) or postgresql://user@host:port/db URL "
+        "(also CURVSCOPE_DB)",
+    )
     parser.add_argument(
         "--token",
         help="token required to ingest and delete (prefer CURVSCOPE_TOKEN: flags show in ps)",
@@ -77,6 +83,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="allow listening on a non-loopback address without a token",
     )
     parser.add_argument("--max-message-bytes", type=int, help="largest ingest frame (4 MiB)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="server processes on the port (default 1; more need a postgresql:// --db)",
+    )
     parser.add_argument(
         "--allowed-host",
         action="append",
@@ -103,6 +114,7 @@ def serve(args: argparse.Namespace) -> int:
         "insecure": args.insecure,
         "max_message_bytes": args.max_message_bytes,
         "allowed_hosts": args.allowed_hosts,
+        "workers": args.workers,
     }
     try:
         settings = Settings(**{k: v for k, v in flags.items() if v is not None})
@@ -117,8 +129,17 @@ def serve(args: argparse.Namespace) -> int:
 
     from curvscope.server.app import create_app
 
+    if settings.workers > 1:
+        # Each worker process builds its own app from the environment (the settings were
+        # validated here; the token travels in the environment, never on a command line).
+        os.environ.update(settings.to_env())
+        app: Any = "curvscope.server.app:create_app"
+    else:
+        app = create_app(settings)
     uvicorn.run(
-        create_app(settings),
+        app,
+        factory=settings.workers > 1,
+        workers=settings.workers,
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,

@@ -8,6 +8,7 @@ listens on a socket.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from typing import Any
 
@@ -63,6 +64,9 @@ class Settings(BaseSettings):
     for any (not advised)."""
     max_points_limit: int = Field(10_000, ge=2)
     """Upper bound on ``max_points`` accepted by the snapshots endpoint."""
+    workers: int = Field(1, ge=1, le=64)
+    """Server processes (uvicorn workers) on the one port; more than one needs PostgreSQL,
+    whose feed tells every worker about every other's writes."""
     ingest_threads: int = Field(4, ge=1, le=256)
     """Threads for database writes and the parsing of large frames (never used by reads)."""
     read_threads: int = Field(4, ge=1, le=256)
@@ -90,6 +94,12 @@ class Settings(BaseSettings):
         token = self.token.get_secret_value() if self.token is not None else None
         if token is not None and not token.strip():
             raise ValueError("the token must not be empty")
+        if self.workers > 1 and not str(self.db).startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                f"--workers {self.workers} needs a PostgreSQL database (--db "
+                "postgresql://user@host:port/db): an SQLite file is written by one process; "
+                "run one worker on SQLite"
+            )
         if self.protect_reads and token is None:
             raise ValueError("--protect-reads needs a token (--token or CURVSCOPE_TOKEN)")
         if not is_loopback_host(self.host) and token is None and not self.insecure:
@@ -107,6 +117,20 @@ class Settings(BaseSettings):
         if self.host not in ("0.0.0.0", "::", ""):
             names.append(self.host)
         return list(dict.fromkeys(names + [h.lower() for h in self.allowed_hosts]))
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``CURVSCOPE_*`` environment variables (read back by
+        ``Settings()``: how server worker processes get them)."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if name == "token":
+                value = self.token_value()
+            env[f"CURVSCOPE_{name.upper()}"] = (
+                json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+            )
+        return env
 
     def token_value(self) -> str | None:
         """The configured token in clear, or ``None`` when the server is open."""

@@ -68,6 +68,7 @@ def test_registered_module_gets_its_arguments(
         (["--protect-reads"], "--protect-reads needs a token"),
         (["--max-message-bytes", "10"], "max_message_bytes"),
         (["--port", "99999"], "port"),
+        (["--workers", "2"], "--workers 2 needs a PostgreSQL database"),
     ],
 )
 def test_serve_refuses_unsafe_or_invalid_settings(
