@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -49,8 +50,38 @@ def _install_redaction() -> None:
             logger.addFilter(RedactTokens())
 
 
+RETENTION_CHECK_S = 3600.0
+"""How often ``--retention`` looks for runs to remove (at most; sooner for short ones)."""
+
+
+async def _retain(app: FastAPI, retention_s: float) -> None:
+    """Remove runs not updated for ``retention_s`` seconds, now and then periodically."""
+    log = logging.getLogger("curvscope.server.retention")
+    loop = asyncio.get_running_loop()
+    store = app.state.store
+
+    def prune() -> set[str]:
+        before = {r.run for r in store.list_runs()}
+        store.prune(older_than=time.time() - retention_s, keep_every=None)
+        return before - {r.run for r in store.list_runs()}
+
+    while True:
+        try:
+            removed = await loop.run_in_executor(app.state.pools.ingest, prune)
+            if removed:
+                log.info(
+                    "retention: removed %d runs not updated for %.0f s", len(removed), retention_s
+                )
+            if not app.state.fanout.cross_worker:
+                for run in sorted(removed):
+                    app.state.fanout.deleted(run)
+        except Exception:
+            log.exception("retention: pruning failed; trying again later")
+        await asyncio.sleep(min(RETENTION_CHECK_S, retention_s / 4))
+
+
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
-    """Build the app. ``store`` overrides the SQLite store at ``settings.db`` (tests)."""
+    """Build the app. ``store`` overrides the store ``settings.db`` names (tests)."""
     settings = settings if settings is not None else Settings()
 
     @asynccontextmanager
@@ -67,11 +98,18 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 
         app.state.fanout = Fanout(app.state.store, app.state.hub, settings.live_window_s, read)
         app.state.fanout.start(asyncio.get_running_loop())
+        retention = (
+            asyncio.create_task(_retain(app, settings.retention_s))
+            if settings.retention_s is not None
+            else None
+        )
         app.state.ingest_budget = ByteBudget(settings.max_inflight_bytes)
         app.state.ingest_connections = 0
         try:
             yield
         finally:
+            if retention is not None:
+                retention.cancel()
             app.state.fanout.stop()
             app.state.hub.close()
             app.state.pools.shutdown()

@@ -43,6 +43,7 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "serve": Command("curvscope.server.cli", "run the curvscope server", "server"),
     "report": Command("curvscope.server.report", "write a standalone HTML report", "server"),
+    "prune": Command("curvscope.server.prune", "forget old snapshots or runs", "server"),
     "upload": Command(
         "curvscope.probe.stream.upload", "upload spooled snapshots to a server", "probe"
     ),
@@ -84,6 +85,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument("--max-message-bytes", type=int, help="largest ingest frame (4 MiB)")
     parser.add_argument(
+        "--retention",
+        metavar="DURATION",
+        help="remove runs not updated for this long (90s, 30m, 12h, 30d, 2w; checked "
+        "hourly; default: keep everything; `curvscope prune` thins instead)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         help="server processes on the port (default 1; more need a postgresql:// --db)",
@@ -115,6 +122,7 @@ def serve(args: argparse.Namespace) -> int:
         "max_message_bytes": args.max_message_bytes,
         "allowed_hosts": args.allowed_hosts,
         "workers": args.workers,
+        "retention_s": _duration(args.retention),
     }
     try:
         settings = Settings(**{k: v for k, v in flags.items() if v is not None})
@@ -149,6 +157,12 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
     )
     return 0
+
+
+def _duration(text: str | None) -> float | None:
+    from curvscope.server.prune import parse_duration
+
+    return None if text is None else parse_duration(text)
 
 
 def _load(name: str) -> ModuleType | str:

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     for any (not advised)."""
     max_points_limit: int = Field(10_000, ge=2)
     """Upper bound on ``max_points`` accepted by the snapshots endpoint."""
+    retention_s: float | None = Field(None, gt=0)
+    """Runs not updated for this many seconds are removed (checked hourly); ``None``: keep."""
     workers: int = Field(1, ge=1, le=64)
     """Server processes (uvicorn workers) on the one port; more than one needs PostgreSQL,
     whose feed tells every worker about every other's writes."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "StoreError",
     "downsample_indices",
     "light_snapshot",
+    "redact_url",
     "same_payload",
     "snapshot_payload_json",
 ]
@@ -156,6 +158,16 @@ def light_snapshot(snapshot: dict[str, Any], top: int) -> LightSnapshot:
     }
 
 
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@?#]*:)[^@/?#]*@")
+_PASSWORD_PARAM = re.compile(r"((?:^|[?&\s])password=)(?:'(?:[^'\\]|\\.)*'|[^&\s]*)")
+
+
+def redact_url(url: str) -> str:
+    """A database URL (or libpq ``key=value`` string) fit for messages and logs: its
+    password (``user:PASSWORD@host``, ``password=...``) replaced by ``***``."""
+    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", url))
+
+
 def snapshot_payload_json(message: SnapshotMessage) -> str:
     """The stored JSON of a snapshot message (no ``type``, ``schema_version``, ``resume``)."""
     return message.model_dump_json(exclude={"type", "schema_version", "resume"})
@@ -248,9 +260,51 @@ class Store(abc.ABC):
     def read_events(self, run: str) -> list[EventRecord]:
         """A run's events in arrival order."""
 
+    def read_event(self, run: str, event_id: int) -> EventRecord | None:
+        """One event by its id (:attr:`EventRecord.id`), or ``None`` if ``run`` has no such
+        event. This default scans :meth:`read_events`; backends override it."""
+        return next((e for e in self.read_events(run) if e.id == event_id), None)
+
     @abc.abstractmethod
     def delete_run(self, run: str) -> bool:
         """Remove a run with its snapshots and events; ``False`` if it did not exist."""
+
+    @abc.abstractmethod
+    def prune(self, *, older_than: float, keep_every: int | None) -> int:
+        """Retention: forget old data; returns the number of snapshots deleted.
+
+        Only what the server received before ``older_than`` (Unix time, compared with
+        ``received_at`` and :attr:`RunSummary.last_update`) is touched:
+
+        - ``keep_every=None``: every run whose last update is older than ``older_than`` is
+          removed whole, with its snapshots and events (as :meth:`delete_run`); runs
+          updated since are left alone.
+        - ``keep_every=k`` (``k >= 1``): runs are thinned, never removed. Per run, the
+          stored snapshots received before ``older_than`` are taken in step order and only
+          every ``k``-th is kept (index ``i`` in that order with ``i % k == 0``); each run's
+          first and last stored step are always kept, and so are all events. The indices
+          are those of the steps stored at the call, so pruning the same data again thins
+          it again (by ``k`` once more): run it once per retention period.
+
+        Raises:
+            ValueError: ``keep_every`` is less than 1.
+        """
+
+    def listen(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None] | None:
+        """Follow the changes made through other instances of the store (other server
+        workers on the same database), if the backend can.
+
+        ``callback`` is called from a background thread with a small dict per committed
+        change, by any worker on the database, this one included:
+        ``{"kind": "snapshot", "run": str, "step": int}``,
+        ``{"kind": "event", "run": str, "id": int}`` (read it with :meth:`read_event`) and
+        ``{"kind": "run_deleted", "run": str}``. Consumers must ignore kinds they do not
+        know (a backend may send ``{"kind": "reconnected"}`` after its feed was interrupted,
+        when changes may have been missed). Returns a function that stops the feed, or
+        ``None`` when the backend has no cross-process feed (this default: a single
+        process, where the ingest route publishes its own writes).
+        """
+        return None
 
     @abc.abstractmethod
     def close(self) -> None:

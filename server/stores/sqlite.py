@@ -94,11 +94,28 @@ FROM runs r
 """
 
 _LIGHT_SERIES_SQL = """
-SELECT s.step, s.payload ->> '$.loss', g.value ->> '$.name', g.value -> '$.eigvals'
+SELECT s.step, s.payload ->> '$.loss', g.value -> '$.name', g.value -> '$.eigvals'
 FROM snapshots AS s LEFT JOIN json_each(s.payload, '$.groups') AS g
 WHERE s.run = ? AND s.step IN (SELECT value FROM json_each(?))
 ORDER BY s.step, g.key
 """
+
+_THIN_TEMPLATE = """
+DELETE FROM snapshots WHERE (run, step) IN (
+    SELECT run, step FROM (
+        SELECT run, step, ROW_NUMBER() OVER (PARTITION BY run ORDER BY step) - 1 AS i
+        FROM snapshots WHERE received_at < {older_than}
+    ) AS old
+    WHERE i % {keep_every} != 0
+      AND step > (SELECT MIN(s.step) FROM snapshots AS s WHERE s.run = old.run)
+      AND step < (SELECT MAX(s.step) FROM snapshots AS s WHERE s.run = old.run)
+)
+"""
+"""Retention by thinning (:meth:`Store.prune` with ``keep_every``), shared with the
+PostgreSQL store: of each run's snapshots received before ``older_than``, in step order,
+keep every ``keep_every``-th and the run's first and last stored step; delete the rest."""
+
+_THIN_SQL = _THIN_TEMPLATE.format(older_than="?", keep_every="?")
 
 
 def _json_head(array_text: str, top: int) -> list[float]:
@@ -284,6 +301,23 @@ class SQLiteStore(Store):
         )
         return deleted == 1
 
+    def prune(self, *, older_than: float, keep_every: int | None) -> int:
+        if keep_every is not None and keep_every < 1:
+            raise ValueError(f"keep_every must be None or >= 1, not {keep_every}")
+
+        def work(conn: sqlite3.Connection) -> int:
+            if keep_every is None:
+                old_runs = "SELECT name FROM runs WHERE updated_at < ?"
+                deleted = conn.execute(
+                    f"DELETE FROM snapshots WHERE run IN ({old_runs})", (older_than,)
+                ).rowcount
+                conn.execute(f"DELETE FROM events WHERE run IN ({old_runs})", (older_than,))
+                conn.execute("DELETE FROM runs WHERE updated_at < ?", (older_than,))
+                return int(deleted)
+            return int(conn.execute(_THIN_SQL, (older_than, keep_every)).rowcount)
+
+        return self._transaction(work)
+
     # -- reads -----------------------------------------------------------------------------
     @staticmethod
     def _summary(row: tuple[Any, ...]) -> RunSummary:
@@ -348,7 +382,8 @@ class SQLiteStore(Store):
             if not series or series[-1]["step"] != step:
                 series.append({"step": step, "loss": float(loss), "groups": []})
             if name is not None:  # a snapshot without groups has one row of NULLs
-                series[-1]["groups"].append({"name": name, "eigvals": _json_head(eigvals, top)})
+                group = {"name": json.loads(name), "eigvals": _json_head(eigvals, top)}
+                series[-1]["groups"].append(group)
         return series
 
     def iter_snapshots(self, run: str, batch: int = 256) -> Iterator[SnapshotRecord]:
@@ -376,6 +411,18 @@ class SQLiteStore(Store):
             (run,),
         )
         return [EventRecord(*row) for row in rows]
+
+    def read_event(self, run: str, event_id: int) -> EventRecord | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT id, run, step, wall_time, level, message, received_at FROM events "
+                "WHERE run = ? AND id = ?",
+                (run, event_id),
+            )
+            .fetchone()
+        )
+        return None if row is None else EventRecord(*row)
 
     def close(self) -> None:
         with self._lock:

@@ -56,36 +56,45 @@ def test_acks_do_not_wait_behind_dashboard_reads(tmp_path: Path) -> None:
     assert finished_at_ack < 4, finished_at_ack
 
 
-def test_a_large_frame_does_not_hold_up_other_probes(tmp_path: Path) -> None:
-    """A valid ~4 MiB snapshot is parsed off the event loop: a small snapshot sent just
-    after it on another connection is acknowledged first."""
-    big = make_snapshot("big", 0, groups=[make_group(f"g{i}", k=2000) for i in range(50)])
-    text = json.dumps(big)
-    assert 3_000_000 < len(text) < 4 * 1024 * 1024
+def test_large_frames_do_not_hold_up_other_probes(tmp_path: Path) -> None:
+    """Three valid ~3.5 MiB snapshots are parsed off the event loop: a small snapshot sent
+    just after them on another connection is acknowledged before the last of them (was:
+    parsed on the loop one after the other, the small one waited for all three)."""
+    bigs = [
+        json.dumps(
+            make_snapshot(f"big{i}", 0, groups=[make_group(f"g{j}", k=2000) for j in range(50)])
+        )
+        for i in range(3)
+    ]
+    assert all(3_000_000 < len(text) < 4 * 1024 * 1024 for text in bigs)
     with running_server(tmp_path / "db.sqlite") as server:
         order: list[str] = []
         lock = threading.Lock()
+        url = server.ws_url("/ws/ingest")
         with (
-            connect(server.ws_url("/ws/ingest"), max_size=None) as slow,
-            connect(server.ws_url("/ws/ingest")) as quick,
+            connect(url, max_size=None) as a,
+            connect(url, max_size=None) as b,
+            connect(url, max_size=None) as c,
+            connect(url) as quick,
         ):
-            slow.send(text)
+            big_sockets = (a, b, c)
+            for ws, text in zip(big_sockets, bigs, strict=True):
+                ws.send(text)
             quick.send(json.dumps(make_snapshot("small", 0)))
 
             def wait(ws, name: str) -> None:
-                assert json.loads(ws.recv(timeout=60))["type"] == "ack"
+                assert json.loads(ws.recv(timeout=120))["type"] == "ack"
                 with lock:
                     order.append(name)
 
-            waiters = [
-                threading.Thread(target=wait, args=(slow, "big")),
-                threading.Thread(target=wait, args=(quick, "small")),
-            ]
+            waiters = [threading.Thread(target=wait, args=(ws, "big")) for ws in big_sockets]
+            waiters.append(threading.Thread(target=wait, args=(quick, "small")))
             for t in waiters:
                 t.start()
             for t in waiters:
-                t.join(timeout=120)
-    assert order == ["small", "big"]
+                t.join(timeout=180)
+    assert sorted(order) == ["big", "big", "big", "small"]
+    assert order[-1] == "big", order
 
 
 def test_probe_connections_are_capped(tmp_path: Path) -> None:
