@@ -300,10 +300,12 @@ def batch_size_of(inputs: object, targets: Tensor) -> int:
     """The batch size N shared by ``inputs`` and ``targets`` (dimension 0).
 
     ``inputs`` is a tensor, a tuple/list of tensors or a dict of tensors (other values in
-    a tuple or dict, such as flags, are ignored); each tensor's dimension 0 must be N.
+    a tuple or dict, such as flags, are ignored, and so are 0-dim tensors among keyword
+    inputs: constants such as the Hugging Face Trainer's ``num_items_in_batch``); each
+    tensor's dimension 0 must be N.
     """
     if isinstance(inputs, dict):
-        tensors = [v for v in inputs.values() if isinstance(v, Tensor)]
+        tensors = [v for v in inputs.values() if isinstance(v, Tensor) and v.dim() > 0]
     elif isinstance(inputs, (tuple, list)):
         tensors = [v for v in inputs if isinstance(v, Tensor)]
     else:

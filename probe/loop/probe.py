@@ -73,7 +73,7 @@ from curvscope.probe.loop.reporting import Level, Reporter
 from curvscope.probe.loop.schedules import Schedule, as_schedule
 from curvscope.probe.loop.steps import StepNumbering, StepPredictor
 from curvscope.probe.loop.wire import Mode, encode_snapshot
-from curvscope.probe.precision import autocast_active, is_low_precision
+from curvscope.probe.precision import LOW_PRECISION, autocast_active, is_low_precision
 from curvscope.probe.snapshot import Snapshot
 from curvscope.probe.stream.spool import Spool
 from curvscope.probe.stream.transport import (
@@ -211,6 +211,7 @@ class Probe:
         self._model_out: Any = None
         self._targets: Any = None
         self._adapter_missing = False
+        self._inner_autocast = False
         self._precision_said = False
 
         self._handles = [
@@ -382,6 +383,8 @@ class Probe:
             if self._recompute is not None:
                 self._targets = args[1] if len(args) > 1 else kwargs.get("target")
                 self._adapter_missing = self.outputs is None and first is not self._model_out
+            elif isinstance(first, Tensor) and first.dtype in LOW_PRECISION:
+                self._inner_autocast = True
 
     def _on_loss_grad(self, grad: Tensor) -> None:
         """The user's backward pass reached the loss: ``grad`` is ``s`` of ``s·loss``."""
@@ -402,7 +405,7 @@ class Probe:
         self._loss = None
         self._grad_scale = None
         self._recompute = self._model_out = self._targets = None
-        self._adapter_missing = False
+        self._adapter_missing = self._inner_autocast = False
         if self._ahead and not self._closed and self._steps.next_scheduled():
             self._arm()
 
@@ -443,6 +446,14 @@ class Probe:
             raise RuntimeError(
                 "the loss module given to the probe was not called in this step's forward "
                 "pass; in-loop mode needs the loop to use that very loss instance"
+            )
+        if self._inner_autocast:
+            raise ConfigError(
+                "the loss got float16/bfloat16 outputs although the loop did not run the "
+                "forward under autocast: the model's forward enters autocast itself (e.g. "
+                "accelerate's mixed precision). Run the forward under torch.autocast in the "
+                "loop instead (the probe then measures the step again in float32), or use "
+                "curvscope.probe.huggingface with the Trainer"
             )
         self._loss_value = float(self._loss)
         sub = self.config.subsample

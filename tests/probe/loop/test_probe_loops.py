@@ -267,3 +267,32 @@ def test_a_probed_model_can_be_copied_and_saved(tmp_path: Path) -> None:
     assert [s.step for s in snaps] == [2]  # steps 0 and 1 ran the copies: nothing to measure
     assert [(e.step, e.level) for e in events] == [(0, "warning"), (1, "warning")]
     assert "hooks were not in place" in events[0].message
+
+
+class _SelfCasting(nn.Module):
+    """A forward that enters autocast itself (as accelerate's mixed precision wraps it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _mlp(torch.float32)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.net(x)
+
+
+def test_a_forward_that_enters_autocast_itself_is_refused_by_name(tmp_path: Path) -> None:
+    """Half-precision outputs the loop's autocast did not make: refused with what to do
+    (was: a raw dtype error, or BackPACK's factor of a bfloat16 pass)."""
+    model = _SelfCasting()
+    loss_fn = nn.CrossEntropyLoss()
+    probe = Probe(model, loss_fn, "self-cast", url=None, every=1, spool_dir=tmp_path)
+    x, y = _batch(0, dtype=torch.float32)
+    loss = loss_fn(model(x), y)
+    with probe(0):
+        loss.backward()
+    probe.close()
+    snaps, events = _spooled(tmp_path)
+    assert snaps == []
+    (event,) = events
+    assert event.level == "error" and "enters autocast itself" in event.message
