@@ -96,3 +96,29 @@ def test_amp_snippet_streams_float32_snapshots(tmp_path: Path) -> None:
     messages = " ".join(e["message"] for e in events)
     assert "measured again in float32" in messages
     assert all(e["level"] == "info" for e in events)
+
+
+def _run_script(code: str, run: str, tmp_path: Path, monkeypatch) -> tuple[list, list]:
+    """Execute a self-contained snippet (in ``tmp_path``) against a real server."""
+    monkeypatch.chdir(tmp_path)
+    with running_server(tmp_path / "db.sqlite") as server:
+        exec(code.replace("http://127.0.0.1:8000", server.url()), {"__name__": "__main__"})
+        snaps = httpx.get(server.url(f"/api/runs/{run}/snapshots")).json()
+        events = httpx.get(server.url(f"/api/runs/{run}/events")).json()
+    return snaps, events
+
+
+def test_lightning_snippet_streams_from_trainer_fit(tmp_path: Path, monkeypatch) -> None:
+    code = _snippet("lightning")
+    snaps, events = _run_script(code, "lightning-mlp", tmp_path, monkeypatch)
+    assert [s["step"] for s in snaps] == [0, 5, 10, 15]  # trainer.global_step, max_steps=20
+    assert all(s["config"]["subsample"] == list(range(16)) for s in snaps)
+    assert [e for e in events if e["level"] == "error"] == []
+
+
+def test_huggingface_snippet_streams_from_trainer_train(tmp_path: Path, monkeypatch) -> None:
+    code = _snippet("huggingface-gpt2")
+    snaps, events = _run_script(code, "gpt2-tiny", tmp_path, monkeypatch)
+    assert [s["step"] for s in snaps] == [0, 5]  # state.global_step, max_steps=10
+    assert all(s["config"]["backend"] == "func" and s["batch_size"] == 4 for s in snaps)
+    assert [e for e in events if e["level"] == "error"] == []
