@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
@@ -110,8 +111,9 @@ async def watch_runs(ws: WebSocket) -> None:
 
 @router.websocket("/ws/runs/{run}")
 async def watch_run(ws: WebSocket, run: str) -> None:
-    """One run: first ``{"type": "subscribed", "run": ...}``, then ``snapshot`` and ``event``
-    messages as they are stored."""
+    """One run: first ``{"type": "subscribed", "run": ..., "worker": pid}`` (the server
+    process serving this socket), then ``snapshot`` and ``event`` messages as they are
+    stored, by any worker."""
     if not await _admit(ws):
         return
     if not is_run_name(run):
@@ -119,4 +121,5 @@ async def watch_run(ws: WebSocket, run: str) -> None:
         return
     hub = app_hub(ws)
     sub = hub.subscribe(run_topic(run))
-    await _serve(ws, hub, sub, json.dumps({"type": "subscribed", "run": run}))
+    first = {"type": "subscribed", "run": run, "worker": os.getpid()}
+    await _serve(ws, hub, sub, json.dumps(first))

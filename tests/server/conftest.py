@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from curvscope.server.app import create_app
 from curvscope.server.settings import Settings
+from tests.helpers.postgres import postgres_admin, postgres_url  # noqa: F401 - fixtures
 from tests.helpers.server_process import TEST_TOKEN as TOKEN
 from tests.helpers.server_process import ServerProcess, running_server
 

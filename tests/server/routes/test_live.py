@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
@@ -27,7 +28,7 @@ def close_code(client: TestClient, path: str, headers: dict[str, str] | None = N
 
 def test_run_subscriber_gets_new_snapshots_and_events(client: TestClient) -> None:
     with client.websocket_connect("/ws/runs/a") as browser:
-        assert browser.receive_json() == {"type": "subscribed", "run": "a"}
+        assert browser.receive_json() == {"type": "subscribed", "run": "a", "worker": os.getpid()}
         with client.websocket_connect("/ws/ingest") as probe:
             probe.send_json(make_snapshot("b", 1))  # another run: not forwarded
             probe.receive_json()
