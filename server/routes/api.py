@@ -48,7 +48,10 @@ __all__ = ["CSV_COLUMNS", "router"]
 class Health(BaseModel):
     """``GET /api/health``."""
 
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "error"] = "ok"
+    problem: str | None = None
+    """Why the server cannot store now (a full disk, a lost database); then the status
+    code is 503."""
     schema_version: int
     store: str
     live_clients: int
@@ -118,13 +121,20 @@ async def _stream_snapshots(request: Request, run: str, steps: list[int]) -> Asy
     yield "]"
 
 
-@router.get("/health", response_model=Health)
-async def health(request: Request) -> Health:
-    """Liveness: answers as soon as the store is open. Never needs a token."""
+@router.get("/health", response_model=Health, responses={503: {"model": Health}})
+async def health(request: Request, response: Response) -> Health:
+    """Readiness: ``ok`` while the store can take writes, else ``error`` with the problem
+    (status 503: a full disk, a lost database). Never needs a token."""
     hub = app_hub(request)
+    store = app_store(request)
+    problem = await reading(request, store.problem)
+    if problem is not None:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return Health(
+        status="ok" if problem is None else "error",
+        problem=problem,
         schema_version=SCHEMA_VERSION,
-        store=type(app_store(request)).__name__,
+        store=type(store).__name__,
         live_clients=hub.subscriber_count(),
         dropped_clients=hub.dropped_total,
     )

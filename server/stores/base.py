@@ -306,6 +306,11 @@ class Store(abc.ABC):
         """
         return None
 
+    def problem(self) -> str | None:
+        """Why the store could not take a write now (a full disk...), or ``None``: what
+        ``/api/health`` reports. This default knows of no problem."""
+        return None
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections; the store is unusable afterwards."""

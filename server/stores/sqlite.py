@@ -9,6 +9,7 @@ acknowledged survives SIGKILL (and power loss). The schema is versioned with
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -189,6 +190,22 @@ class SQLiteStore(Store):
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
+
+    MIN_FREE_BYTES = 64 * 1024 * 1024
+    """Free space on the database's file system below which :meth:`problem` speaks."""
+
+    def problem(self) -> str | None:
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+            self._conn().execute("SELECT 1").fetchone()
+        except (OSError, sqlite3.Error, StoreError) as err:
+            return f"the database {self.path} cannot be used: {err}"
+        if free < self.MIN_FREE_BYTES:
+            return (
+                f"only {free // (1024 * 1024)} MiB free on the disk of {self.path}: "
+                "new snapshots may not be stored"
+            )
+        return None
 
     def schema_version(self) -> int:
         """The schema version of the open file."""

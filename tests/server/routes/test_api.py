@@ -33,7 +33,23 @@ def ingest(client: TestClient, *messages: dict, token: str | None = None) -> Non
 
 def test_health(client: TestClient) -> None:
     body = client.get("/api/health").json()
-    assert body["status"] == "ok" and body["schema_version"] == 1
+    assert body["status"] == "ok" and body["schema_version"] == 1 and body["problem"] is None
+
+
+def test_health_says_when_the_disk_is_nearly_full(client: TestClient) -> None:
+    """Was: ``ok`` while nothing could be stored. The real store, with a free-space
+    threshold above what any disk has, is in the state of a full disk."""
+    client.app.state.store.MIN_FREE_BYTES = 2**62
+    response = client.get("/api/health")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "error" and "MiB free on the disk" in body["problem"]
+
+
+def test_health_says_when_the_database_is_gone(client: TestClient) -> None:
+    client.app.state.store.close()
+    response = client.get("/api/health")
+    assert response.status_code == 503 and "cannot be used" in response.json()["problem"]
 
 
 def test_runs_list_shape(client: TestClient) -> None:
