@@ -1,5 +1,5 @@
 # curvscope images. Two targets:
-#   server (default): the dashboard server only: curvscope[server], no torch.
+#   server (default): the dashboard server only: curvscope[server,postgres], no torch.
 #   demo:             the trainer that streams the digits demo into the server (CPU-only torch).
 # Build: docker build -t curvscope-server .   |   docker build --target demo -t curvscope-demo .
 
@@ -35,7 +35,7 @@ CMD ["--url", "http://server:8000", "--no-serve"]
 
 FROM base AS server
 # hadolint ignore=DL3013
-RUN pip install ".[server]" \
+RUN pip install ".[server,postgres]" \
     && python -c "import curvscope.server.app" \
     && ! python -c "import torch" 2>/dev/null
 USER 10001:10001

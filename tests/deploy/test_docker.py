@@ -71,9 +71,9 @@ def test_compose_wiring() -> None:
 def test_server_image_runs_as_non_root_without_torch() -> None:
     stage = _dockerfile().split("FROM base AS server", 1)[1]
     assert re.search(r"^USER 10001:10001$", stage, re.M)
-    assert 'pip install ".[server]"' in stage and "torch" not in stage.split("USER")[0].replace(
-        '! python -c "import torch"', ""
-    )
+    assert 'pip install ".[server,postgres]"' in stage and "torch" not in stage.split("USER")[
+        0
+    ].replace('! python -c "import torch"', "")
     assert "HEALTHCHECK" in stage and "/api/health" in stage
 
 
@@ -120,3 +120,49 @@ def test_public_bind_without_token_is_refused(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "without a token" in proc.stdout + proc.stderr
+
+
+def test_team_profile_wiring() -> None:
+    """``--profile team``: PostgreSQL (health-checked, on a volume), two server workers on
+    it, and a demo streaming into them; the default services stay on SQLite."""
+    services = _compose()["services"]
+    assert "profiles" not in services["server"] and "profiles" not in services["demo"]
+    postgres, server, demo = services["postgres"], services["team-server"], services["team-demo"]
+    assert all(s["profiles"] == ["team"] for s in (postgres, server, demo))
+    assert any(v.startswith("curvscope-pg:") for v in postgres["volumes"])
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    env = server["environment"]
+    assert (
+        env["CURVSCOPE_DB"].startswith("postgresql://") and "@postgres:5432/" in env["CURVSCOPE_DB"]
+    )
+    assert env["CURVSCOPE_WORKERS"] == "2"
+    assert server["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "http://team-server:8000" in demo["command"]
+    assert "team-server" in env["CURVSCOPE_ALLOWED_HOSTS"]
+    assert services["server"]["environment"].get("CURVSCOPE_DB") is None  # the image's SQLite
+
+
+def test_team_server_environment_serves_two_workers(postgres_url: str, tmp_path: Path) -> None:
+    """The team-server's environment (its database URL swapped for the test database),
+    run as the image runs it, passes the image's HEALTHCHECK."""
+    port = free_port()
+    team = {k: str(v) for k, v in _compose()["services"]["team-server"]["environment"].items()}
+    env = dict(os.environ)
+    env.update(team)
+    env.update(
+        CURVSCOPE_HOST="127.0.0.1",
+        CURVSCOPE_PORT=str(port),
+        CURVSCOPE_DB=postgres_url,
+        CURVSCOPE_TOKEN="",
+        CURVSCOPE_INSECURE="true",
+    )
+    server = ServerProcess(db=tmp_path / "unused", port=port, env=env)
+    server.command = lambda: [sys.executable, "-m", "curvscope.server.cli", "serve"]  # type: ignore[method-assign]
+    server.start()
+    try:
+        code = _healthcheck_code().replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        assert subprocess.run([sys.executable, "-c", code], timeout=30).returncode == 0
+        health = httpx.get(server.url("/api/health")).json()
+        assert health["store"] == "PostgresStore" and health["status"] == "ok"
+    finally:
+        server.stop()
