@@ -31,6 +31,7 @@ from curvscope.probe.vivit.directions import (
     eigvec_coefficients,
 )
 from curvscope.probe.vivit.gram import GramAccumulator
+from curvscope.probe.vivit.selection import select_directions
 from curvscope.probe.vivit.spectrum import nontrivial_eigh
 from curvscope.probe.vivit.statistics import gradient_overlap, snr
 
@@ -229,8 +230,8 @@ class ViViTCollector:
         scale = self.backend.curvature_scale(n, m) if m != n else 1.0
         gram, vt_grads = acc.gram * scale, acc.vt_grads * (math.sqrt(scale) * unscale)
         eigvals, eigvecs = nontrivial_eigh(gram, self.config.eig_rtol)
-        top = eigvals.shape[0] if self.config.top_k is None else self.config.top_k
-        lam, vecs = eigvals[:top], eigvecs[:, :top]
+        chosen = select_directions(eigvals, self.config.directions, self.config.top_k)
+        lam, vecs = eigvals[chosen], eigvecs[:, chosen]
         gammas = directional_gradients(vt_grads, lam, vecs)
         lambdas = directional_curvatures(lam, vecs, gram.shape[0] // m)
         grad_norm_sq = acc.grad_norm_sq * unscale**2
@@ -244,6 +245,7 @@ class ViViTCollector:
             snr_lambda=snr(lambdas),
             grad_overlap=gradient_overlap(gammas.mean(0), grad_norm_sq),
             grad_norm_sq=float(grad_norm_sq),
+            directions=chosen,
         )
         if self.keep_factors:
             coeffs = eigvec_coefficients(lam, vecs) * math.sqrt(scale)  # [R, K']

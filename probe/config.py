@@ -9,6 +9,7 @@ from typing import Literal
 from torch import nn
 
 from curvscope.probe.errors import ConfigError
+from curvscope.probe.vivit.selection import DirectionSpec, check_spec, describe
 
 __all__ = ["ParamGroups", "ViViTConfig"]
 
@@ -30,6 +31,10 @@ class ViViTConfig:
         param_groups: ``"all"`` (one group), ``"layer"`` (one group per module with
             parameters) or explicit lists of parameters (block-diagonal GGN approximation).
         top_k: compute directional statistics for the k largest eigenvalues only.
+        directions: which eigen-directions get statistics (γ, λ, SNRs, overlap, Newton
+            steps): ``None`` (all, or ``top_k``), ``("top", k)``, ``("bottom", k)``,
+            ``("band", low, high)`` or a callable ``eigvals [K] -> indices``
+            (:mod:`curvscope.probe.vivit.selection`); not together with ``top_k``.
         eigenvectors: how many of the top eigenvectors to lift to parameter space.
         per_sample: also send the per-sample ``gammas``/``lambdas`` matrices on the wire.
         eig_rtol: relative eigenvalue cutoff; ``None`` means ``R · eps(dtype)`` where R is
@@ -48,6 +53,7 @@ class ViViTConfig:
     subsample: int | Sequence[int] | None = None
     param_groups: ParamGroups = "all"
     top_k: int | None = None
+    directions: DirectionSpec = None
     eigenvectors: int = 0
     per_sample: bool = False
     eig_rtol: float | None = None
@@ -65,6 +71,11 @@ class ViViTConfig:
             raise ConfigError(f"mc_samples must be >= 1, got {self.mc_samples}")
         if self.top_k is not None and (isinstance(self.top_k, bool) or self.top_k < 1):
             raise ConfigError(f"top_k must be None or an int >= 1, got {self.top_k!r}")
+        check_spec(self.directions)
+        if self.directions is not None and self.top_k is not None:
+            raise ConfigError(
+                "give top_k or directions, not both (top_k=k is directions=('top', k))"
+            )
         if isinstance(self.eigenvectors, bool) or self.eigenvectors < 0:
             raise ConfigError(f"eigenvectors must be an int >= 0, got {self.eigenvectors!r}")
         if self.eig_rtol is not None and not 0.0 <= self.eig_rtol < 1.0:
@@ -117,6 +128,7 @@ class ViViTConfig:
             "subsample": None if sub is None else list(sub),
             "param_groups": groups,
             "top_k": self.top_k,
+            "directions": describe(self.directions),
             "eigenvectors": self.eigenvectors,
             "per_sample": self.per_sample,
         }

@@ -14,8 +14,9 @@ __all__ = ["GroupSpectrum", "Snapshot"]
 class GroupSpectrum:
     """The ViViT quantities of one parameter group (one diagonal block of the GGN).
 
-    Shapes: ``K`` non-trivial eigenvalues, ``K' = min(top_k, K)`` directions with
-    statistics, ``N`` samples in the batch, ``N'`` curvature samples.
+    Shapes: ``K`` non-trivial eigenvalues, ``K'`` selected directions with statistics
+    (``config.directions``; all, or the ``top_k`` largest), ``N`` samples in the batch,
+    ``N'`` curvature samples.
 
     Attributes:
         name: the group's name (``"all"``, a module path, or ``"group<i>"``).
@@ -28,8 +29,10 @@ class GroupSpectrum:
             variance is zero or undefined (:data:`~curvscope.probe.vivit.statistics.SNR_UNDEFINED`).
         grad_overlap: ``[K']`` ``γ_k² / ‖g‖²``.
         grad_norm_sq: ``‖g‖²`` of the group's batch gradient.
-        eigenvectors: the top ``eigenvectors`` GGN eigenvectors ``e_k``, each a list of
-            tensors shaped like ``params`` (orthonormal across the whole group).
+        eigenvectors: the first ``eigenvectors`` selected GGN eigenvectors ``e_k``, each a
+            list of tensors shaped like ``params`` (orthonormal across the whole group).
+        directions: ``[K']`` indices into ``eigvals`` of the selected directions
+            (ascending); ``None``: the first K'.
     """
 
     name: str
@@ -42,12 +45,20 @@ class GroupSpectrum:
     grad_overlap: Tensor
     grad_norm_sq: float
     eigenvectors: list[list[Tensor]] = field(default_factory=list)
+    directions: Tensor | None = None
     _combine: Callable[[Tensor], list[Tensor]] | None = field(default=None, repr=False)
 
     @property
     def gamma(self) -> Tensor:
         """``[K']`` batch directional gradients ``γ_k = e_kᵀ g = mean_n γ_nk``."""
         return self.gammas.mean(0)
+
+    @property
+    def selected_eigvals(self) -> Tensor:
+        """``[K']`` the eigenvalues ``λ_k`` of the selected directions."""
+        if self.directions is None:
+            return self.eigvals[: self.gammas.shape[1]]
+        return self.eigvals[self.directions]
 
     @property
     def num_params(self) -> int:

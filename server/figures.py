@@ -281,7 +281,10 @@ def _stats(snapshot: Snapshot, group: str) -> tuple[list[float], Mapping[str, An
     if found is None:
         return [], None
     k_stats = len(found["gamma"])
-    return [float(v) for v in found["eigvals"][:k_stats]], found
+    chosen = found.get("directions")
+    if chosen is None:
+        return [float(v) for v in found["eigvals"][:k_stats]], found
+    return [float(found["eigvals"][i]) for i in chosen], found
 
 
 def _direction_markers(
@@ -447,7 +450,11 @@ def overlap_figure(
             "<extra></extra>",
         )
     )
-    rest = "flat space" if len(lam) == len(found["eigvals"]) else "flat space + k ≥ K'"
+    rest = (
+        "flat space"
+        if len(lam) == len(found["eigvals"])
+        else "flat space + directions without statistics"
+    )
     fig.add_trace(
         go.Bar(
             _validate=False,

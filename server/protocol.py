@@ -13,6 +13,7 @@ whose variance is zero (or undefined, for a single sample) travel as the sentine
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
@@ -125,6 +126,9 @@ class ConfigPayload(_Message):
     subsample: list[int] | None = None
     param_groups: str = "all"
     top_k: int | None = Field(None, ge=1)
+    directions: str | None = Field(None, max_length=256)
+    """The probe's direction selection, described (``"bottom:5"``, ``"band:0.001:"``,
+    ``"callable:name"``); ``None``: all, or ``top_k``."""
     eigenvectors: int = Field(0, ge=0)
     per_sample: bool = False
     mode: Literal["in-loop", "held-out", "function"] = "function"
@@ -151,6 +155,9 @@ class GroupPayload(_Message):
     snr_lambda: list[FiniteFloat]
     grad_overlap: list[FiniteFloat]
     grad_norm_sq: FiniteFloat = Field(ge=0.0)
+    directions: list[int] | None = None
+    """Indices into ``eigvals`` (ascending, distinct) of the K' directions the statistics
+    are for; ``None``: the first K' (the top K')."""
     gammas: list[list[FiniteFloat]] | None = None
     lambdas: list[list[FiniteFloat]] | None = None
 
@@ -188,6 +195,19 @@ class GroupPayload(_Message):
                         "got": len(rows[bad[0]]),
                         "k_stats": k_stats,
                     },
+                )
+        if self.directions is not None:
+            d = self.directions
+            if len(d) != k_stats:
+                raise PydanticCustomError(
+                    "shape_mismatch",
+                    "group {name}: directions has {got} entries, gamma has {k_stats}",
+                    {"name": self.name, "got": len(d), "k_stats": k_stats},
+                )
+            if any(i < 0 or i >= k for i in d) or any(a >= b for a, b in itertools.pairwise(d)):
+                raise ValueError(
+                    f"group {self.name!r}: directions must be ascending distinct indices "
+                    f"into the {k} eigvals"
                 )
         if any(v < 0 for v in self.eigvals):
             raise ValueError(f"group {self.name!r}: eigvals must be positive")

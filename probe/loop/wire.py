@@ -47,6 +47,14 @@ def _rows(matrix: Tensor, where: str) -> list[list[float]]:
     return [_floats(row, f"{where}[{i}]") for i, row in enumerate(matrix)]
 
 
+def _directions(group: GroupSpectrum) -> list[int] | None:
+    """The selected directions' indices, or ``None`` when they are the first K'."""
+    if group.directions is None:
+        return None
+    chosen = [int(i) for i in group.directions.tolist()]
+    return None if chosen == list(range(len(chosen))) else chosen
+
+
 def _group(group: GroupSpectrum, per_sample: bool) -> GroupPayload:
     where = f"group {group.name!r}"
     if not math.isfinite(group.grad_norm_sq):
@@ -60,6 +68,7 @@ def _group(group: GroupSpectrum, per_sample: bool) -> GroupPayload:
         snr_lambda=_floats(group.snr_lambda, f"{where}: snr_lambda"),
         grad_overlap=_floats(group.grad_overlap, f"{where}: grad_overlap"),
         grad_norm_sq=group.grad_norm_sq,
+        directions=_directions(group),
         gammas=_rows(group.gammas, f"{where}: gammas") if per_sample else None,
         lambdas=_rows(group.lambdas, f"{where}: lambdas") if per_sample else None,
     )

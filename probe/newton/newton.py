@@ -56,6 +56,6 @@ def newton_step(group: GroupSpectrum, delta: Tensor) -> list[Tensor]:
         raise ValueError(f"delta has shape {tuple(delta.shape)}, expected ({count},)")
     if count == 0:
         return [torch.zeros_like(p) for p in group.params]
-    lam = group.eigvals[:count]
+    lam = group.selected_eigvals
     coeffs = newton_coefficients(group.gamma, lam, delta.to(lam)).detach()
     return [t.detach() for t in group.combine(coeffs)]

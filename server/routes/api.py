@@ -216,9 +216,9 @@ CSV_COLUMNS = (
     "backend",
 )
 """CSV export: one row per (snapshot, group, direction k < K); the statistics columns are
-empty for directions k >= K' (beyond ``top_k``). ``backend`` is the snapshot's
-``config.backend`` (last, so that the earlier columns keep their positions). Per-sample
-matrices are JSON-only."""
+empty for directions without statistics (beyond ``top_k``, or not selected). ``backend``
+is the snapshot's ``config.backend`` (last, so that the earlier columns keep their
+positions). Per-sample matrices are JSON-only."""
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -239,11 +239,15 @@ def _csv_rows(records: Iterator[SnapshotRecord]) -> Iterator[str]:
         head = [snap["run"], snap["step"], snap["wall_time"], record.received_at, snap["loss"]]
         backend = snap.get("config", {}).get("backend", DEFAULT_BACKEND)
         for group in snap["groups"]:
-            k_stats = len(group["gamma"])
+            chosen = group.get("directions")
+            position = {
+                k: j for j, k in enumerate(range(len(group["gamma"])) if chosen is None else chosen)
+            }
             for k, eigval in enumerate(group["eigvals"]):
+                j = position.get(k)
                 stats = (
-                    [group[f][k] for f in ("gamma", "snr_gamma", "snr_lambda", "grad_overlap")]
-                    if k < k_stats
+                    [group[f][j] for f in ("gamma", "snr_gamma", "snr_lambda", "grad_overlap")]
+                    if j is not None
                     else ["", "", "", ""]
                 )
                 writer.writerow(

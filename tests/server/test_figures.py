@@ -143,7 +143,7 @@ def test_overlap_figure_bars_sum_with_remainder_to_one() -> None:
     assert len(bars.y) == 6 and sum(bars.customdata) == 30
     assert sum(bars.y) == pytest.approx(sum(overlap))
     assert rest.y[0] == pytest.approx(1 - sum(overlap))
-    assert rest.x[0] == "flat space + k ≥ K'"  # K' = 30 < K = 40
+    assert rest.x[0] == "flat space + directions without statistics"  # K' = 30 < K = 40
     full = figures.overlap_figure(_snapshot(0, _group(eigvals[:3], overlap=[0.1] * 3)), "all")
     assert full.data[1].x[0] == "flat space"
 
