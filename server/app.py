@@ -21,6 +21,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from curvscope.server.executors import ByteBudget, Pools
 from curvscope.server.fanout import Fanout
+from curvscope.server.figure_cache import FigureCache
 from curvscope.server.hub import Hub
 from curvscope.server.routes import api, ingest, live, pages
 from curvscope.server.settings import Settings
@@ -91,12 +92,15 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.state.hub = Hub(settings.client_queue_size, settings.client_max_skipped)
         app.state.pools = Pools.create(settings.ingest_threads, settings.read_threads)
 
-        async def read(fn: Callable[..., Any], *args: Any) -> Any:
+        async def feed(fn: Callable[..., Any], *args: Any) -> Any:
+            # the fan-out's reads have threads of their own: browser updates never queue
+            # behind figure builds
             return await asyncio.get_running_loop().run_in_executor(
-                app.state.pools.read, functools.partial(fn, *args)
+                app.state.pools.feed, functools.partial(fn, *args)
             )
 
-        app.state.fanout = Fanout(app.state.store, app.state.hub, settings.live_window_s, read)
+        app.state.fanout = Fanout(app.state.store, app.state.hub, settings.live_window_s, feed)
+        app.state.figure_cache = FigureCache(settings.figure_cache_bytes, settings.figure_builds)
         app.state.fanout.start(asyncio.get_running_loop())
         retention = (
             asyncio.create_task(_retain(app, settings.retention_s))

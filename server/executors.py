@@ -31,17 +31,20 @@ class Pools:
 
     ingest: ThreadPoolExecutor
     read: ThreadPoolExecutor
+    feed: ThreadPoolExecutor
+    """The live fan-out's reads (a snapshot another worker stored, read back for browsers)."""
 
     @classmethod
     def create(cls, ingest_threads: int, read_threads: int) -> Pools:
         return cls(
             ThreadPoolExecutor(ingest_threads, thread_name_prefix="curvscope-ingest"),
             ThreadPoolExecutor(read_threads, thread_name_prefix="curvscope-read"),
+            ThreadPoolExecutor(2, thread_name_prefix="curvscope-feed"),
         )
 
     def shutdown(self) -> None:
-        self.ingest.shutdown(wait=True)
-        self.read.shutdown(wait=True)
+        for pool in (self.ingest, self.read, self.feed):
+            pool.shutdown(wait=True)
 
 
 async def _run(pool: ThreadPoolExecutor, fn: Callable[P, T], *args: P.args, **kw: P.kwargs) -> T:

@@ -14,6 +14,7 @@ from fastapi import HTTPException, Path, Query
 from starlette.requests import HTTPConnection
 
 from curvscope.server.fanout import Fanout
+from curvscope.server.figure_cache import FigureCache
 from curvscope.server.hub import Hub
 from curvscope.server.protocol import MAX_RUN_NAME_LENGTH, MAX_STEP, RUN_NAME_PATTERN
 from curvscope.server.settings import Settings
@@ -23,6 +24,7 @@ __all__ = [
     "RunPath",
     "StepQuery",
     "app_fanout",
+    "app_figure_cache",
     "app_hub",
     "app_settings",
     "app_store",
@@ -62,6 +64,12 @@ def app_hub(conn: HTTPConnection) -> Hub:
     """The app's live hub (created by the lifespan)."""
     hub: Hub = conn.app.state.hub
     return hub
+
+
+def app_figure_cache(conn: HTTPConnection) -> FigureCache:
+    """The app's cache of figure responses (created by the lifespan)."""
+    cache: FigureCache = conn.app.state.figure_cache
+    return cache
 
 
 def app_fanout(conn: HTTPConnection) -> Fanout:

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     """Probe connections at once; more are closed with 1013 (try again later)."""
     max_inflight_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     """Bytes of ingest frames parsed and stored at once; further frames wait their turn."""
+    figure_builds: int = Field(1, ge=1, le=64)
+    """Figure responses built at once (each is pure-Python CPU that the event loop, which
+    acknowledges probes, shares); the others wait, and identical requests share a build."""
+    figure_cache_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    """Encoded figure responses kept for requests asking again (per worker)."""
     max_figure_groups: int = Field(64, ge=1)
     """Groups whose figures one request builds (the rest are named, not drawn: ``group=``
     picks others)."""

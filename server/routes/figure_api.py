@@ -26,6 +26,7 @@ from curvscope.server.figures import DensityMode, Overlay, Snapshot
 from curvscope.server.params import (
     RunPath,
     StepQuery,
+    app_figure_cache,
     app_settings,
     app_store,
     check_max_points,
@@ -260,12 +261,46 @@ def _compare_data(
     }
 
 
-async def _respond(request: Request, func: Any, *args: Any, **kwargs: Any) -> Response:
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_hashable(v) for v in value)
+    return value
+
+
+async def _respond(
+    request: Request, runs: Sequence[str], func: Any, store: Store, *args: Any, **kwargs: Any
+) -> Response:
+    """``func(store, *args, **kwargs)`` encoded, built once per request and run state
+    (:mod:`curvscope.server.figure_cache`)."""
+    window = app_settings(request).live_window_s
+    states = []
+    for run in runs:
+        summary = await reading(request, store.get_run, run)
+        states.append(
+            None
+            if summary is None
+            else (
+                summary.snapshots,
+                summary.last_step,
+                summary.last_update,
+                summary.to_dict(live_window_s=window)["live"],
+            )
+        )
+    key = (
+        func.__name__,
+        _hashable(args),
+        tuple(sorted((k, _hashable(v)) for k, v in kwargs.items())),
+        tuple(states),
+    )
+
+    async def build() -> str:
+        data = await reading(request, func, store, *args, **kwargs)
+        return str(await reading(request, _encode, data))
+
     try:
-        data = await reading(request, func, *args, **kwargs)
+        body = await app_figure_cache(request).get(key, build)
     except _NotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    body = await reading(request, _encode, data)
     return Response(body, media_type="application/json")
 
 
@@ -285,6 +320,7 @@ async def run_figures(
     check_max_points(request, max_points)
     return await _respond(
         request,
+        [run],
         run_view_data,
         app_store(request),
         run,
@@ -312,6 +348,7 @@ async def step_figures(
     asked for (default: the first ``max_figure_groups``)."""
     return await _respond(
         request,
+        [run],
         _step_data,
         app_store(request),
         run,
@@ -340,5 +377,5 @@ async def compare_figures(
     if bad:
         raise HTTPException(422, f"invalid run name {bad[0]!r}")
     return await _respond(
-        request, _compare_data, app_store(request), names, group, mode, max_points
+        request, names, _compare_data, app_store(request), names, group, mode, max_points
     )
