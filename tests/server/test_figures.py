@@ -224,3 +224,11 @@ def test_markup_in_a_group_name_is_shown_not_interpreted() -> None:
     ):
         title = fig.layout.title.text
         assert "<a" not in title and '&lt;a href="https://evil.example"&gt;' in title
+
+
+def test_direction_figures_pair_statistics_with_the_selected_eigenvalues() -> None:
+    group = _group([8.0, 4.0, 2.0, 1.0], gamma=[0.5, 0.25], snr_gamma=[2.0, 3.0])
+    group["directions"] = [2, 3]  # the bottom two
+    fig = figures.gamma_figure(_snapshot(0, group), "all")
+    (trace,) = fig.data
+    assert list(trace.x) == [2.0, 1.0] and list(trace.y) == [0.5, 0.25]

@@ -30,6 +30,9 @@ def test_statistics_may_cover_the_top_k_directions_only(k: int, k_stats: int) ->
         ({"lambdas": [[1.0, 2.0, 3.0], [1.0]]}, "lambdas row 1 has 1 entries"),
         ({"eigvals": [1.0, -2.0, 0.5]}, "eigvals must be positive"),
         ({"snr_gamma": [1.0, -0.5, 2.0]}, "snr_gamma must be >= 0 or the sentinel"),
+        ({"directions": [0, 1]}, "directions has 2 entries, gamma has 3"),
+        ({"directions": [0, 2, 1]}, "ascending distinct indices"),
+        ({"directions": [0, 1, 3]}, "ascending distinct indices into the 3 eigvals"),
     ],
 )
 def test_invalid_groups_say_what_is_wrong(overrides: dict, fragment: str) -> None:
@@ -62,3 +65,9 @@ def test_backend_is_backpack_unless_the_probe_says_otherwise() -> None:
     assert '"backend":"func"' in new.model_dump_json()
     with pytest.raises(ValidationError, match="backend"):
         parse_ingest_message(make_snapshot(config={"backend": "jax"}))
+
+
+def test_selected_directions_travel_as_indices() -> None:
+    group = GroupPayload.model_validate(make_group(k=5, k_stats=2) | {"directions": [3, 4]})
+    assert group.directions == [3, 4]
+    assert GroupPayload.model_validate(make_group(k=5, k_stats=2)).directions is None
