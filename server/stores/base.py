@@ -222,7 +222,6 @@ class Store(abc.ABC):
     def get_run(self, run: str) -> RunSummary | None:
         """One run's summary, or ``None`` if nothing is stored for it."""
 
-    @abc.abstractmethod
     def read_snapshots(
         self,
         run: str,
@@ -232,14 +231,25 @@ class Store(abc.ABC):
     ) -> list[SnapshotRecord]:
         """Snapshots with ``start <= step <= end`` in step order, down-sampled to at most
         ``max_points`` (see :func:`downsample_indices`: the latest step is always kept)."""
+        steps = self._steps(run, start, end)
+        chosen = [steps[i] for i in downsample_indices(len(steps), max_points)]
+        return self._read_at(run, chosen) if chosen else []
 
     @abc.abstractmethod
     def read_snapshot(self, run: str, step: int) -> SnapshotRecord | None:
         """One snapshot by key."""
 
-    @abc.abstractmethod
     def list_steps(self, run: str) -> list[int]:
         """Every stored step of ``run`` in ascending order (empty for an unknown run)."""
+        return self._steps(run)
+
+    @abc.abstractmethod
+    def _steps(self, run: str, start: int | None = None, end: int | None = None) -> list[int]:
+        """The stored steps of ``run`` with ``start <= step <= end``, ascending."""
+
+    @abc.abstractmethod
+    def _read_at(self, run: str, steps: list[int]) -> list[SnapshotRecord]:
+        """The snapshots at ``steps`` (ascending, all stored), in step order."""
 
     def read_light_series(self, run: str, steps: Sequence[int], top: int) -> list[LightSnapshot]:
         """:data:`LightSnapshot` entries of the stored snapshots at ``steps``, in step order.

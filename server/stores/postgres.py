@@ -55,7 +55,6 @@ from curvscope.server.stores.base import (
     StepConflict,
     Store,
     StoreError,
-    downsample_indices,
     redact_url,
     same_payload,
     snapshot_payload_json,
@@ -427,25 +426,12 @@ class PostgresStore(Store):
             ).fetchall()
         return [row[0] for row in rows]
 
-    def list_steps(self, run: str) -> list[int]:
-        return self._steps(run)
-
-    def read_snapshots(
-        self,
-        run: str,
-        start: int | None = None,
-        end: int | None = None,
-        max_points: int | None = None,
-    ) -> list[SnapshotRecord]:
-        steps = self._steps(run, start, end)
-        chosen = [steps[i] for i in downsample_indices(len(steps), max_points)]
-        if not chosen:
-            return []
+    def _read_at(self, run: str, steps: list[int]) -> list[SnapshotRecord]:
         with self._connection() as conn:
             rows = conn.execute(
                 "SELECT step, received_at, payload FROM snapshots "
                 "WHERE run = %s AND step = ANY(%s::bigint[]) ORDER BY step",
-                (run, chosen),
+                (run, steps),
             ).fetchall()
         return [SnapshotRecord(run, step, received, payload) for step, received, payload in rows]
 

@@ -26,7 +26,6 @@ from curvscope.server.stores.base import (
     StepConflict,
     Store,
     StoreError,
-    downsample_indices,
     same_payload,
     snapshot_payload_json,
 )
@@ -358,24 +357,11 @@ class SQLiteStore(Store):
         )
         return [row[0] for row in rows]
 
-    def list_steps(self, run: str) -> list[int]:
-        return self._steps(run)
-
-    def read_snapshots(
-        self,
-        run: str,
-        start: int | None = None,
-        end: int | None = None,
-        max_points: int | None = None,
-    ) -> list[SnapshotRecord]:
-        steps = self._steps(run, start, end)
-        chosen = [steps[i] for i in downsample_indices(len(steps), max_points)]
-        if not chosen:
-            return []
+    def _read_at(self, run: str, steps: list[int]) -> list[SnapshotRecord]:
         rows = self._conn().execute(
             "SELECT step, received_at, payload FROM snapshots "
             "WHERE run = ? AND step IN (SELECT value FROM json_each(?)) ORDER BY step",
-            (run, json.dumps(chosen)),
+            (run, json.dumps(steps)),
         )
         return [SnapshotRecord(run, step, received, payload) for step, received, payload in rows]
 
