@@ -69,26 +69,29 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--token",
-        help="token required to ingest and delete (prefer CURVSCOPE_TOKEN: flags show in ps)",
+        help="token required to ingest and delete (prefer CURVSCOPE_TOKEN: flags show in ps; "
+        "default: none, which needs a loopback --host or --insecure)",
     )
     parser.add_argument(
         "--protect-reads",
         action="store_true",
         default=None,
-        help="require the token for reads (REST and browser websockets) too",
+        help="require the token for reads (REST and browser websockets) too (default: off)",
     )
     parser.add_argument(
         "--insecure",
         action="store_true",
         default=None,
-        help="allow listening on a non-loopback address without a token",
+        help="allow listening on a non-loopback address without a token (default: off)",
     )
-    parser.add_argument("--max-message-bytes", type=int, help="largest ingest frame (4 MiB)")
+    parser.add_argument(
+        "--max-message-bytes", type=int, help="largest ingest frame in bytes (default 4 MiB)"
+    )
     parser.add_argument(
         "--retention",
         metavar="DURATION",
         help="remove runs not updated for this long (90s, 30m, 12h, 30d, 2w; checked "
-        "hourly; default: keep everything; `curvscope prune` thins instead)",
+        "hourly; `curvscope prune` thins instead; default: keep everything)",
     )
     parser.add_argument(
         "--workers",
@@ -102,7 +105,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="NAME",
         help="a host name clients use to reach the server (repeatable; loopback names and "
         "--host are always allowed; requests naming another host are refused: DNS "
-        "rebinding guard)",
+        "rebinding guard; default: none besides those)",
     )
     parser.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     parser.set_defaults(func=serve)
@@ -133,6 +136,11 @@ def serve(args: argparse.Namespace) -> int:
             print(f"curvscope serve: {where + ': ' if where else ''}{msg}", file=sys.stderr)
         return 2
 
+    busy = _port_in_use(settings.host, settings.port)
+    if busy:
+        print(f"curvscope serve: {busy}", file=sys.stderr)
+        return 1
+
     import uvicorn
 
     from curvscope.server.app import create_app
@@ -157,6 +165,36 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
     )
     return 0
+
+
+def _port_in_use(host: str, port: int) -> str | None:
+    """A message if ``host:port`` cannot be bound because something already listens there.
+
+    Binds a socket the way uvicorn does (``SO_REUSEADDR``, so a port in TIME_WAIT after a
+    previous server still counts as free) and closes it at once; other bind errors are left
+    to uvicorn to report.
+    """
+    import errno
+    import socket
+
+    if port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return None
+    for family, kind, proto, _, address in infos[:1]:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return (
+                        f"port {port} on {host} is already in use (another curvscope "
+                        "serve?); pick another with --port"
+                    )
+    return None
 
 
 def _duration(text: str | None) -> float | None:

@@ -1,7 +1,7 @@
 """``curvscope report RUN --db PATH -o report.html``: a self-contained HTML report of one run.
 
 The report holds the same figures as the dashboard's run view (built by
-:mod:`curvscope.server.figures` through :func:`curvscope.server.routes.figure_api.run_view_data`)
+:mod:`curvscope.server.figures` through :func:`curvscope.server.views.run_view_data`)
 at the latest step, with Plotly.js inlined from the ``plotly`` package: it opens offline,
 with no server running.
 """
@@ -18,9 +18,9 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from curvscope.server.routes.figure_api import run_view_data
 from curvscope.server.routes.pages import plotly_js_path
 from curvscope.server.stores import SQLiteStore, Store
+from curvscope.server.views import run_view_data
 
 __all__ = ["add_parser", "render_report", "report"]
 

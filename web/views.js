@@ -297,9 +297,14 @@ export class RunView {
       this.root.replaceChildren(this.shell);
     }
     const summary = data.run;
+    const steps = !summary.snapshots || summary.first_step == null || summary.last_step == null
+      ? "no snapshots yet"
+      : `${summary.snapshots} snapshot${summary.snapshots === 1 ? "" : "s"} · ` +
+        (summary.first_step === summary.last_step
+          ? `step ${summary.first_step}`
+          : `steps ${summary.first_step}–${summary.last_step}`);
     this.metaEl.textContent =
-      `${summary.snapshots} snapshots · steps ${summary.first_step ?? "–"}–${summary.last_step ?? "–"} · ` +
-      `last update ${ago(summary.last_update)}${data.downsampled ? ` · over-step plots down-sampled to ${data.series_points} snapshots` : ""}` +
+      `${steps} · last update ${ago(summary.last_update)}${data.downsampled ? ` · over-step plots down-sampled to ${data.series_points} snapshots` : ""}` +
       (data.group_names && data.group_names.length > data.groups.length
         ? ` · figures of the first ${data.groups.length} of ${data.group_names.length} parameter groups`
         : "");
@@ -467,7 +472,8 @@ export class CompareView {
       for (const name of ["density", "eigvals", "loss"]) this.plots[name] = h("div", { class: "plot", "data-plot": `compare:${name}` });
       this.shell = h("div", {},
         h("h1", {}, "Compare runs"),
-        h("p", { class: "meta" }, this.runs.map((r, i) => [i ? ", " : "", h("a", { href: `/runs/${encodeURIComponent(r)}` }, r)])),
+        h("p", { class: "meta", "data-testid": "compare-runs" },
+          this.runs.flatMap((r, i) => [i ? " · " : null, h("a", { href: `/runs/${encodeURIComponent(r)}` }, r)])),
         h("div", { class: "toolbar" }, h("label", {}, "Group", groupSelect), h("label", {}, "Spectrum", mode)),
         h("div", { class: "grid" }, Object.values(this.plots)));
       this.root.replaceChildren(this.shell);

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 
 from curvscope.server import cli
 from curvscope.server.cli import COMMANDS, Command, main
-from tests.helpers.server_process import running_server
+from tests.helpers.server_process import free_port, running_server
 
 
 def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
@@ -90,11 +92,12 @@ def test_token_from_the_environment_satisfies_the_public_host_check(
 
 
 def test_serve_never_imports_torch(tmp_path: Path) -> None:
+    argv = ["serve", "--port", str(free_port()), "--db", str(tmp_path / "d.sqlite")]
     code = (
         "import sys, uvicorn\n"
         "uvicorn.run = lambda *a, **k: None\n"
         "from curvscope.server.cli import main\n"
-        f"assert main(['serve', '--db', {str(tmp_path / 'd.sqlite')!r}]) == 0\n"
+        f"assert main({argv!r}) == 0\n"
         "import curvscope.server.app\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
@@ -119,3 +122,36 @@ def test_console_script_is_installed() -> None:
 
 def test_module_docstring_documents_the_contract() -> None:
     assert "add_parser" in (cli.__doc__ or "")
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    subparsers = argparse.ArgumentParser(prog="curvscope").add_subparsers()
+    cli.add_parser(subparsers)
+    return subparsers.choices["serve"]
+
+
+def test_every_serve_option_states_its_default() -> None:
+    options = [a for a in _serve_parser()._actions if a.option_strings and a.dest != "help"]
+    assert len(options) >= 11
+    missing = [a.option_strings[0] for a in options if "default" not in (a.help or "")]
+    assert not missing, f"--help of these options does not state the default: {missing}"
+
+
+def test_serve_on_a_busy_port_fails_with_a_clear_message(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        argv = ["serve", "--port", str(port), "--db", str(tmp_path / "d.sqlite")]
+        result = subprocess.run(
+            [sys.executable, "-m", "curvscope.server.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == (
+        f"curvscope serve: port {port} on 127.0.0.1 is already in use (another curvscope "
+        "serve?); pick another with --port"
+    )
+    assert not (tmp_path / "d.sqlite").exists(), "the database was opened before the check"
