@@ -16,10 +16,11 @@ from curvscope.probe.collector import (
 )
 from curvscope.probe.config import ViViTConfig
 from curvscope.probe.errors import BatchSizeMismatchError, NonFiniteLossError
+from curvscope.probe.hessian.spectrum import hessian_spectrum
 from curvscope.probe.precision import full_precision, no_autocast
 from curvscope.probe.snapshot import Snapshot
 
-__all__ = ["compute_snapshot"]
+__all__ = ["attach_hessian", "compute_snapshot"]
 
 
 def compute_snapshot(
@@ -51,6 +52,9 @@ def compute_snapshot(
         keep_factors: keep the GGN factors so that :meth:`GroupSpectrum.combine` works.
         outputs: adapter from the model's return value to the loss input.
 
+    With ``config.hessian_top_k > 0`` each group also gets its Hessian's extreme
+    eigenvalues (and SLQ density), by :func:`attach_hessian` after the GGN pass.
+
     The pass runs outside ``torch.autocast`` (also when called inside it), and a model with
     ``float16``/``bfloat16`` weights is measured on ``float32`` versions of them (the batch
     cast alike; see :mod:`curvscope.probe.precision`): the snapshot is ``float32``.
@@ -64,6 +68,7 @@ def compute_snapshot(
             before any heavy work; :class:`NonFiniteLossError` if the loss is NaN/inf.
     """
     collector = ViViTCollector(model, loss_fn, config, keep_factors, outputs=outputs)
+    batch = inputs, targets
     n = batch_size_of(inputs, targets)
     collector.config.subsample_indices(n)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -93,7 +98,48 @@ def compute_snapshot(
             with collector.backward(n):
                 if collector.backend.needs_loss_backward:
                     loss.backward()
-        return collector.snapshot(value)
+        snapshot = collector.snapshot(value)
     finally:
         for p, grad in zip(params, saved_grads, strict=True):
             p.grad = grad
+    if collector.config.hessian_top_k > 0:
+        attach_hessian(snapshot, model, loss_fn, *batch, collector.config, outputs=outputs)
+    return snapshot
+
+
+def attach_hessian(
+    snapshot: Snapshot,
+    model: nn.Module,
+    loss_fn: nn.Module,
+    inputs: Inputs,
+    targets: Tensor,
+    config: ViViTConfig,
+    *,
+    outputs: OutputsAdapter | None = None,
+) -> None:
+    """Fill in each group's ``hessian_*`` fields: its Hessian on this batch.
+
+    :func:`~curvscope.probe.hessian.hessian_spectrum` per group (``config.hessian_top_k``
+    eigenvalues, ``config.hessian_slq_probes`` SLQ probes of ``hessian_slq_steps`` steps,
+    seeded by ``config.seed``). The model's ``p.grad``, buffers, modes and RNG state are left
+    as they were.
+    """
+    for group in snapshot.groups:
+        if not group.params:
+            continue
+        spectrum = hessian_spectrum(
+            model,
+            loss_fn,
+            inputs,
+            targets,
+            params=group.params,
+            top_k=config.hessian_top_k,
+            slq_probes=config.hessian_slq_probes,
+            slq_steps=config.hessian_slq_steps,
+            outputs=outputs,
+            seed=config.seed,
+        )
+        group.hessian_eigvals = spectrum.eigvals
+        group.hessian_min = spectrum.min_eigval
+        if spectrum.density_nodes is not None and spectrum.density_weights is not None:
+            group.hessian_density = (spectrum.density_nodes, spectrum.density_weights)

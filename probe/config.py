@@ -46,6 +46,15 @@ class ViViTConfig:
             supports), ``"func"`` (autograd: any model of differentiable torch operations,
             BatchNorm in training mode, position-wise losses, loss weights) or ``"auto"``
             (BackPACK where it can follow the model, loss and forward pass, else ``func``).
+        hessian_top_k: also compute the ``k`` largest eigenvalues and the smallest one of
+            each group's *Hessian* ``∇²_θ L`` (not the GGN) by Lanczos on Hessian-vector
+            products (:func:`~curvscope.probe.hessian.hessian_spectrum`); ``0``: off.
+        hessian_slq_probes: SLQ probes for the Hessian's spectral density (``0``: none;
+            only with ``hessian_top_k > 0``); hessian_slq_steps: Lanczos steps per probe.
+        hessian_every: in a :class:`~curvscope.probe.Probe`, only every ``m``-th *snapshot*
+            (the 1st, the ``m+1``-th, ...; not every ``m``-th step) computes the Hessian
+            quantities, since they cost many more passes than the GGN's;
+            :func:`~curvscope.probe.compute_snapshot` always computes them.
     """
 
     curvature: Literal["exact", "mc"] = "exact"
@@ -59,8 +68,23 @@ class ViViTConfig:
     eig_rtol: float | None = None
     seed: int | None = field(default=None)
     backend: Literal["auto", "backpack", "func"] = "auto"
+    hessian_top_k: int = 0
+    hessian_slq_probes: int = 0
+    hessian_slq_steps: int = 30
+    hessian_every: int = 1
 
     def __post_init__(self) -> None:
+        for name, low in (
+            ("hessian_top_k", 0),
+            ("hessian_slq_probes", 0),
+            ("hessian_slq_steps", 1),
+            ("hessian_every", 1),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+        if self.hessian_slq_probes and not self.hessian_top_k:
+            raise ConfigError("hessian_slq_probes needs hessian_top_k >= 1 (the Hessian is off)")
         if self.backend not in ("auto", "backpack", "func"):
             raise ConfigError(f"backend must be 'auto', 'backpack' or 'func', got {self.backend!r}")
         if self.curvature not in ("exact", "mc"):
@@ -131,4 +155,5 @@ class ViViTConfig:
             "directions": describe(self.directions),
             "eigenvectors": self.eigenvectors,
             "per_sample": self.per_sample,
+            "hessian_top_k": self.hessian_top_k,
         }

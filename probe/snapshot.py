@@ -33,6 +33,13 @@ class GroupSpectrum:
             list of tensors shaped like ``params`` (orthonormal across the whole group).
         directions: ``[K']`` indices into ``eigvals`` of the selected directions
             (ascending); ``None``: the first K'.
+        hessian_eigvals: ``[k]`` the ``hessian_top_k`` largest eigenvalues of the group's
+            Hessian ``∇²_θ L`` (not the GGN), descending, possibly negative; ``None``: not
+            computed (``hessian_top_k = 0``, or a snapshot the probe skipped).
+        hessian_min: the Hessian's smallest eigenvalue (negative where the loss is not
+            locally convex), or ``None``.
+        hessian_density: SLQ quadrature ``(nodes, weights)``, each ``[probes, m]``
+            (:mod:`curvscope.probe.hessian.slq`), or ``None``.
     """
 
     name: str
@@ -46,6 +53,9 @@ class GroupSpectrum:
     grad_norm_sq: float
     eigenvectors: list[list[Tensor]] = field(default_factory=list)
     directions: Tensor | None = None
+    hessian_eigvals: Tensor | None = None
+    hessian_min: float | None = None
+    hessian_density: tuple[Tensor, Tensor] | None = None
     _combine: Callable[[Tensor], list[Tensor]] | None = field(default=None, repr=False)
 
     @property

@@ -48,6 +48,8 @@ __all__ = [
     "find_group",
     "gamma_figure",
     "group_names",
+    "has_hessian",
+    "hessian_figure",
     "histogram",
     "log_edges",
     "loss_figure",
@@ -609,6 +611,130 @@ def compare_loss_figure(
     return fig
 
 
+# -- the Hessian (Lanczos extremes and SLQ density) -----------------------------------------
+def has_hessian(snapshot: Snapshot) -> bool:
+    """Whether the run computes the Hessian (``config.hessian_top_k``) or this step has it."""
+    if (snapshot.get("config") or {}).get("hessian_top_k", 0):
+        return True
+    return any(g.get("hessian_eigvals") is not None for g in snapshot.get("groups", ()))
+
+
+def _gaussian_density(
+    nodes: Sequence[Sequence[float]], weights: Sequence[Sequence[float]], n_points: int
+) -> tuple[list[float], list[float]]:
+    """The SLQ quadrature ``(1/P) Σ_p Σ_j w_pj δ(λ - node_pj)`` broadened by Gaussians of
+    width ``σ = 0.02 · (max - min)`` of the nodes, on ``n_points`` points spanning
+    ``[min - 3σ, max + 3σ]`` (pure Python: the server has no numpy)."""
+    flat = [
+        (float(x), float(w))
+        for xs, ws in zip(nodes, weights, strict=True)
+        for x, w in zip(xs, ws, strict=True)
+    ]
+    if not flat:
+        return [], []
+    lo, hi = min(x for x, _ in flat), max(x for x, _ in flat)
+    sigma = 0.02 * (hi - lo) or 0.02 * max(abs(hi), 1e-30)
+    start, stop = lo - 3 * sigma, hi + 3 * sigma
+    grid = [start + (stop - start) * i / (n_points - 1) for i in range(n_points)]
+    norm = 1.0 / (max(len(nodes), 1) * sigma * math.sqrt(2 * math.pi))
+    heights = [
+        norm * math.fsum(w * math.exp(-0.5 * ((x - c) / sigma) ** 2) for c, w in flat if w)
+        for x in grid
+    ]
+    return grid, heights
+
+
+def _verticals(xs: Sequence[float], top: float) -> tuple[list[float | None], list[float | None]]:
+    """One vertical segment ``[0, top]`` at each x (gaps between them)."""
+    x: list[float | None] = []
+    y: list[float | None] = []
+    for v in xs:
+        x += [v, v, None]
+        y += [0.0, top, None]
+    return x, y
+
+
+def hessian_figure(
+    snapshot: Snapshot, group: str, *, n_points: int = 200, uirevision: str = "hessian"
+) -> go.Figure:
+    """The Hessian's spectrum at this step: the SLQ density (Gaussian-broadened, linear axes:
+    Hessian eigenvalues may be negative) with vertical lines at the top-k eigenvalues and at
+    λ_min, and the GGN's eigenvalues as a rug for comparison.
+
+    Traces, in order: ``SLQ density`` (when the probe sent one), ``top-k of H``,
+    ``λ_min(H)``, ``GGN eigenvalues``. A step without the Hessian says so.
+    """
+    fig = _figure(
+        f"Hessian spectrum — {group}",
+        uirevision,
+        {"title": {"text": "eigenvalue λ of the Hessian ∇²L"}},
+        {"title": {"text": "SLQ spectral density"}, "rangemode": "tozero"},
+    )
+    found = find_group(snapshot, group)
+    top = None if found is None else found.get("hessian_eigvals")
+    if found is None or top is None:
+        return _note(fig, "no Hessian at this step")
+    top = [float(v) for v in top]
+    lam_min = found.get("hessian_min")
+    density = found.get("hessian_density")
+    height = 1.0
+    if density:
+        grid, heights = _gaussian_density(density["nodes"], density["weights"], n_points)
+        if heights and max(heights) > 0:
+            height = 1.05 * max(heights)
+        fig.add_trace(
+            go.Scatter(
+                _validate=False,
+                x=grid,
+                y=heights,
+                mode="lines",
+                fill="tozeroy",
+                line={"color": COLORS[0], "width": 2},
+                opacity=0.8,
+                name=f"SLQ density ({len(density['nodes'])} probes)",
+                hovertemplate="λ=%{x:.3g}<br>density %{y:.3g}<extra></extra>",
+            )
+        )
+    x, y = _verticals(top, height)
+    fig.add_trace(
+        go.Scatter(
+            _validate=False,
+            x=x,
+            y=y,
+            mode="lines",
+            line={"color": COLORS[1], "width": 1.5},
+            name=f"top-{len(top)} of H",
+            hovertemplate="λ=%{x:.4g}<extra>top-k of H</extra>",
+        )
+    )
+    if lam_min is not None:
+        x, y = _verticals([float(lam_min)], height)
+        fig.add_trace(
+            go.Scatter(
+                _validate=False,
+                x=x,
+                y=y,
+                mode="lines",
+                line={"color": COLORS[4], "width": 1.5, "dash": "dash"},
+                name=f"λ_min(H) = {_fmt(float(lam_min))}",
+                hovertemplate="λ_min=%{x:.4g}<extra></extra>",
+            )
+        )
+    ggn = _eigvals(snapshot, group)
+    fig.add_trace(
+        go.Scatter(
+            _validate=False,
+            x=ggn,
+            y=[0.0] * len(ggn),
+            mode="markers",
+            marker={"color": _GREY, "symbol": "line-ns-open", "size": 12},
+            name=f"GGN eigenvalues (K={len(ggn)})",
+            hovertemplate="GGN λ=%{x:.3g}<extra></extra>",
+        )
+    )
+    return fig
+
+
 # -- bundles (what the run view and the report show) ---------------------------------------
 Overlay = Literal["none", "first", "latest", "both"]
 
@@ -623,7 +749,8 @@ def step_figures(
     mode: DensityMode = "density",
     run: str = "",
 ) -> dict[str, go.Figure]:
-    """The figures of one step of one group: ``density``, ``snr``, ``gamma``, ``overlap``.
+    """The figures of one step of one group: ``density``, ``snr``, ``gamma``, ``overlap``,
+    and ``hessian`` when the run computes the Hessian (:func:`has_hessian` of ``current``).
 
     The density's bins cover the eigenvalues of ``current``, ``first`` and ``latest`` (when
     given), so they stay put while a slider moves between steps. ``overlay`` adds the first
@@ -636,7 +763,7 @@ def step_figures(
         entries.append((f"{which} (step {snap['step']})", snap))
     range_values = _eigvals(first, group) + _eigvals(latest, group)
     rev = f"{run}:{group}"
-    return {
+    out = {
         "density": density_figure(
             entries, group, mode=mode, range_values=range_values, uirevision=f"{rev}:density:{mode}"
         ),
@@ -644,6 +771,9 @@ def step_figures(
         "gamma": gamma_figure(current, group, uirevision=f"{rev}:gamma"),
         "overlap": overlap_figure(current, group, uirevision=f"{rev}:overlap"),
     }
+    if has_hessian(current):
+        out["hessian"] = hessian_figure(current, group, uirevision=f"{rev}:hessian")
+    return out
 
 
 def series_figures(

@@ -14,9 +14,17 @@ whose variance is zero (or undefined, for a single sample) travel as the sentine
 from __future__ import annotations
 
 import itertools
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 __all__ = [
@@ -43,6 +51,7 @@ __all__ = [
     "ErrorMessage",
     "EventMessage",
     "GroupPayload",
+    "HessianDensity",
     "IngestMessage",
     "Instance",
     "RunName",
@@ -118,8 +127,26 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class ConfigPayload(_Message):
+class _Optional(_Message):
+    """Fields added after the schema's first version are left out of dumps while they hold
+    their defaults: a snapshot without them serialises (and is stored) as it always was, so
+    a replay of it still matches the stored copy."""
+
+    _OMITTED_AT_DEFAULT: ClassVar[dict[str, Any]] = {}
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name, default in self._OMITTED_AT_DEFAULT.items():
+            if name in data and data[name] == default:
+                del data[name]
+        return data
+
+
+class ConfigPayload(_Optional):
     """The ViViT configuration a snapshot was computed with."""
+
+    _OMITTED_AT_DEFAULT: ClassVar[dict[str, Any]] = {"hessian_top_k": 0}
 
     curvature: Literal["exact", "mc"] = "exact"
     mc_samples: int = Field(1, ge=1)
@@ -131,13 +158,32 @@ class ConfigPayload(_Message):
     ``"callable:name"``); ``None``: all, or ``top_k``."""
     eigenvectors: int = Field(0, ge=0)
     per_sample: bool = False
+    hessian_top_k: int = Field(0, ge=0)
+    """How many of the largest Hessian eigenvalues each group carries (``0``: no Hessian)."""
     mode: Literal["in-loop", "held-out", "function"] = "function"
     backend: CurvatureBackend = DEFAULT_BACKEND
     """The curvature backend that computed the snapshot (:data:`CurvatureBackend`); absent
     from older probes' messages, which all used BackPACK."""
 
 
-class GroupPayload(_Message):
+class HessianDensity(_Message):
+    """SLQ quadrature of a group's Hessian spectral density: per probe ``m`` nodes (Ritz
+    values) and their weights (non-negative, adding up to 1 per probe); the density is
+    ``(1/probes) Σ_probes Σ_j w_j δ(λ - node_j)``."""
+
+    nodes: list[list[FiniteFloat]] = Field(max_length=10_000)
+    weights: list[list[Annotated[float, Field(allow_inf_nan=False, ge=0.0)]]] = Field(
+        max_length=10_000
+    )
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> HessianDensity:
+        if [len(r) for r in self.nodes] != [len(r) for r in self.weights]:
+            raise ValueError("hessian_density: nodes and weights must have equal shapes")
+        return self
+
+
+class GroupPayload(_Optional):
     """Per-parameter-group results, directions in descending λ.
 
     ``eigvals`` has K entries (the non-zero spectrum the probe kept). The per-direction
@@ -145,6 +191,10 @@ class GroupPayload(_Message):
     K' <= K directions (``top_k``) and all have that one length K'. ``gammas`` (N x K') and
     ``lambdas`` (N' x K') are the per-sample matrices; they are only sent when the probe was
     asked for them (``per_sample=True``).
+
+    ``hessian_eigvals`` (the ``hessian_top_k`` largest eigenvalues of the group's Hessian,
+    descending, possibly negative), ``hessian_min`` (its smallest eigenvalue) and
+    ``hessian_density`` (SLQ) come with snapshots that computed the Hessian; else ``None``.
     """
 
     name: str = Field(min_length=1, max_length=256)
@@ -160,6 +210,15 @@ class GroupPayload(_Message):
     are for; ``None``: the first K' (the top K')."""
     gammas: list[list[FiniteFloat]] | None = None
     lambdas: list[list[FiniteFloat]] | None = None
+    hessian_eigvals: list[FiniteFloat] | None = Field(None, max_length=10_000)
+    hessian_min: FiniteFloat | None = None
+    hessian_density: HessianDensity | None = None
+
+    _OMITTED_AT_DEFAULT: ClassVar[dict[str, Any]] = {
+        "hessian_eigvals": None,
+        "hessian_min": None,
+        "hessian_density": None,
+    }
 
     @model_validator(mode="after")
     def _check_shapes(self) -> GroupPayload:
@@ -211,6 +270,10 @@ class GroupPayload(_Message):
                 )
         if any(v < 0 for v in self.eigvals):
             raise ValueError(f"group {self.name!r}: eigvals must be positive")
+        h = self.hessian_eigvals
+        if h is not None and any(a < b for a, b in itertools.pairwise(h)):
+            raise ValueError(f"group {self.name!r}: hessian_eigvals must be descending")
+
         for field in ("snr_gamma", "snr_lambda"):
             if any(v < 0 and v != SNR_UNDEFINED for v in getattr(self, field)):
                 raise ValueError(

@@ -153,7 +153,8 @@ def run_view_data(
     ``series_points`` (snapshots in the plots over steps), ``downsampled`` (fewer than all),
     ``events`` (errors and warnings), ``loss`` (figure), ``groups`` (per group: ``name,
     num_params, k, k_stats, grad_norm_sq, backend`` (the shown snapshot's
-    ``config.backend``) and ``figures`` with ``density, snr, gamma, overlap, eigvals``).
+    ``config.backend``) and ``figures`` with ``density, snr, gamma, overlap, eigvals``, and
+    ``hessian`` where the run computes the Hessian).
 
     Raises:
         LookupError: no such run, or no snapshot at ``step``.

@@ -2,7 +2,7 @@
 // server (Python, plotly.graph_objects); this file only places them and keeps them live.
 import * as api from "./api.js";
 
-const FIGURE_ORDER = ["density", "eigvals", "snr", "gamma", "overlap"];
+const FIGURE_ORDER = ["density", "eigvals", "snr", "gamma", "overlap", "hessian"];
 
 /** Create an element: h("div", {class: "x"}, child, "text"). */
 export function h(tag, attrs = {}, ...children) {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -22,7 +23,7 @@ from curvscope.probe.config import ViViTConfig
 from curvscope.probe.errors import NonFiniteLossError
 from curvscope.probe.snapshot import Snapshot
 
-__all__ = ["HeldOut", "InLoop", "eval_mode"]
+__all__ = ["HeldOut", "InLoop", "eval_mode", "without_hessian"]
 
 
 class InLoop:
@@ -74,11 +75,17 @@ class InLoop:
         """The batch measured again in float32 outside autocast (AMP, half weights).
 
         The model's modes stay as the loop has them (dropout draws new masks from a forked
-        RNG); buffers, ``p.grad`` and the RNG are left as they were.
+        RNG); buffers, ``p.grad`` and the RNG are left as they were. No Hessian: the probe
+        adds it on the steps due.
         """
         with torch.random.fork_rng(devices=cuda_devices(self.model)):
             return compute_snapshot(
-                self.model, self.loss_fn, inputs, targets, self.config, outputs=outputs
+                self.model,
+                self.loss_fn,
+                inputs,
+                targets,
+                without_hessian(self.config),
+                outputs=outputs,
             )
 
 
@@ -108,14 +115,22 @@ class HeldOut:
         self.batch = batch
         self.outputs = outputs
 
-    def snapshot(self) -> Snapshot:
-        """The snapshot of the held-out batch."""
+    def snapshot(self, hessian: bool = True) -> Snapshot:
+        """The snapshot of the held-out batch (``hessian``: with the config's Hessian)."""
+        config = self.config if hessian else without_hessian(self.config)
         with torch.random.fork_rng(devices=cuda_devices(self.model)), eval_mode(self.model):
             snapshot = compute_snapshot(
-                self.model, self.loss_fn, *self.batch, self.config, outputs=self.outputs
+                self.model, self.loss_fn, *self.batch, config, outputs=self.outputs
             )
         self.backend_name = snapshot.backend
         return snapshot
+
+
+def without_hessian(config: ViViTConfig) -> ViViTConfig:
+    """``config`` with the Hessian off (itself when it is off already)."""
+    if not config.hessian_top_k:
+        return config
+    return dataclasses.replace(config, hessian_top_k=0, hessian_slq_probes=0)
 
 
 def _structure(model: nn.Module) -> tuple[tuple[int, type, bool], ...]:

@@ -45,6 +45,14 @@ the server as run events (level ``error``); they never reach the training loop u
   ranks the probe is inert (``probe.active`` is ``False``).
 - ``probe.expect(step)`` before the forward pass tells the probe the step exactly (the
   trainer integrations do); otherwise it predicts the next step from the last stride.
+
+**The Hessian** (``config.hessian_top_k > 0``): every ``config.hessian_every``-th snapshot
+(the first, then every m-th one the probe makes) also carries each group's Hessian
+spectrum (:func:`~curvscope.probe.hessian.hessian_spectrum`). Held-out mode computes it on
+the held-out batch; in-loop mode keeps a reference to the forward's inputs and the loss
+call's targets on such steps and runs Lanczos on that batch after the user's backward
+(model outputs reach the loss through ``outputs=`` when they are not the loss input
+itself). A failure there is reported and the snapshot goes without the Hessian.
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ import torch
 from torch import Tensor, nn
 
 from curvscope.probe.collector import Inputs, OutputsAdapter, in_snapshot_pass
+from curvscope.probe.compute import attach_hessian
 from curvscope.probe.config import ViViTConfig
 from curvscope.probe.errors import ConfigError, NonFiniteLossError
 from curvscope.probe.loop.measurement import HeldOut, InLoop
@@ -213,6 +222,12 @@ class Probe:
         self._adapter_missing = False
         self._inner_autocast = False
         self._precision_said = False
+        # Snapshots made so far (the Hessian: every hessian_every-th), and a step's batch
+        # kept for it in-loop: the forward's inputs, the loss call's targets.
+        self._snapshots = 0
+        self._hessian_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self._hessian_targets: Any = None
+        self._hessian_adapter_missing = False
 
         self._handles = [
             model.register_forward_pre_hook(_Hook(self._before_forward), with_kwargs=True),
@@ -356,6 +371,8 @@ class Probe:
             )
             if due:
                 self._arm()
+        if self._armed and isinstance(self._measure_in, InLoop) and self._hessian_due():
+            self._hessian_inputs = (tuple(args), dict(kwargs))
         if (
             self._armed
             and isinstance(self._measure_in, InLoop)
@@ -369,7 +386,8 @@ class Probe:
             self._recompute = (tuple(args), dict(kwargs))
 
     def _after_forward(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._recompute is not None and self._model_out is None:
+        kept = self._recompute is not None or self._hessian_inputs is not None
+        if kept and self._model_out is None:
             self._model_out = output
 
     def _after_loss(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
@@ -380,8 +398,14 @@ class Probe:
             self._batch_size = int(first.shape[0]) if batched else 0  # 0: refused at backward
             if output.requires_grad:
                 output.register_hook(self._on_loss_grad)
+            target = args[1] if len(args) > 1 else kwargs.get("target")
+            if self._hessian_inputs is not None:
+                self._hessian_targets = target
+                self._hessian_adapter_missing = self.outputs is None and not _same(
+                    first, self._model_out
+                )
             if self._recompute is not None:
-                self._targets = args[1] if len(args) > 1 else kwargs.get("target")
+                self._targets = target
                 self._adapter_missing = self.outputs is None and first is not self._model_out
             elif isinstance(first, Tensor) and first.dtype in LOW_PRECISION:
                 self._inner_autocast = True
@@ -406,6 +430,8 @@ class Probe:
         self._grad_scale = None
         self._recompute = self._model_out = self._targets = None
         self._adapter_missing = self._inner_autocast = False
+        self._hessian_inputs = self._hessian_targets = None
+        self._hessian_adapter_missing = False
         if self._ahead and not self._closed and self._steps.next_scheduled():
             self._arm()
 
@@ -489,8 +515,14 @@ class Probe:
             train_loss = float(self._loss) if self._loss is not None else None
             if train_loss is not None and not math.isfinite(train_loss):
                 raise NonFiniteLossError(f"the training loss is {train_loss}; no snapshot")
-            snapshot = self._measure_in.snapshot()
+            snapshot = self._measure_in.snapshot(hessian=self._hessian_due())
             loss = snapshot.loss if train_loss is None else train_loss
+        if self._hessian_inputs is not None:
+            try:
+                self._attach_hessian(snapshot)
+            except Exception as err:  # the snapshot goes without it
+                self._fail(step, err)
+        self._snapshots += 1
         message = encode_snapshot(
             snapshot,
             run=self.run,
@@ -526,6 +558,32 @@ class Probe:
             )
         return scale
 
+    def _hessian_due(self) -> bool:
+        """Whether the next snapshot carries the Hessian (every ``hessian_every``-th one)."""
+        config = self.config
+        return config.hessian_top_k > 0 and self._snapshots % config.hessian_every == 0
+
+    def _attach_hessian(self, snapshot: Snapshot) -> None:
+        """In-loop: the Hessian of the step's own batch, per group of ``snapshot``."""
+        assert self._hessian_inputs is not None
+        if self._hessian_adapter_missing:
+            raise ConfigError(
+                "the Hessian is computed from the model's inputs, and the loss got something "
+                "other than the model's return value: pass Probe(..., outputs=lambda out: ...)"
+            )
+        inputs = _as_inputs(
+            *self._hessian_inputs, "the probe computes the Hessian from the model's inputs"
+        )
+        attach_hessian(
+            snapshot,
+            self.model,
+            self.loss_fn,
+            inputs,
+            self._hessian_targets,
+            self.config,
+            outputs=self.outputs,
+        )
+
     def _measure_again(self, step: int) -> Snapshot:
         """A step under autocast or with half weights, measured in float32 (said once)."""
         assert isinstance(self._measure_in, InLoop) and self._recompute is not None
@@ -535,14 +593,10 @@ class Probe:
                 "batch again in float32 and must know how the model's return value becomes "
                 "the loss input: pass Probe(..., outputs=lambda out: ...)"
             )
-        args, kwargs = self._recompute
-        if args and kwargs:
-            raise ConfigError(
-                "under autocast the probe measures the batch again in float32, from the "
-                "model's inputs: positional and keyword inputs together are not supported; "
-                "call the model with either"
-            )
-        inputs: Inputs = kwargs if kwargs else (args[0] if len(args) == 1 else args)
+        why = (
+            "under autocast the probe measures the batch again in float32, from the model's inputs"
+        )
+        inputs = _as_inputs(*self._recompute, why)
         if not self._precision_said:
             self._precision_said = True
             self._report(
@@ -572,6 +626,29 @@ class Probe:
 
     def _at_exit(self) -> None:
         self.close(timeout=10.0)
+
+
+def _same(loss_input: Any, model_out: Any) -> bool:
+    """Whether the loss got the model's return value (full backward hooks, BackPACK's, put
+    an alias of the same storage in its place)."""
+    if loss_input is model_out:
+        return True
+    return (
+        isinstance(loss_input, Tensor)
+        and isinstance(model_out, Tensor)
+        and loss_input.shape == model_out.shape
+        and loss_input.data_ptr() == model_out.data_ptr()
+    )
+
+
+def _as_inputs(args: tuple[Any, ...], kwargs: dict[str, Any], why: str) -> Inputs:
+    """The forward's arguments as ``compute_snapshot``'s ``inputs``."""
+    if args and kwargs:
+        raise ConfigError(
+            f"{why}: positional and keyword inputs together are not supported; call the "
+            "model with either"
+        )
+    return kwargs if kwargs else (args[0] if len(args) == 1 else args)
 
 
 def _rank() -> int:

@@ -21,6 +21,7 @@ from curvscope.server.protocol import (
     ConfigPayload,
     EventMessage,
     GroupPayload,
+    HessianDensity,
     SnapshotMessage,
 )
 
@@ -71,7 +72,26 @@ def _group(group: GroupSpectrum, per_sample: bool) -> GroupPayload:
         directions=_directions(group),
         gammas=_rows(group.gammas, f"{where}: gammas") if per_sample else None,
         lambdas=_rows(group.lambdas, f"{where}: lambdas") if per_sample else None,
+        **_hessian(group, where),
     )
+
+
+def _hessian(group: GroupSpectrum, where: str) -> dict[str, object]:
+    """The group's Hessian fields on the wire (none where it was not computed)."""
+    out: dict[str, object] = {}
+    if group.hessian_eigvals is not None:
+        out["hessian_eigvals"] = _floats(group.hessian_eigvals, f"{where}: hessian_eigvals")
+    if group.hessian_min is not None:
+        if not math.isfinite(group.hessian_min):
+            raise WireError(f"{where}: hessian_min is {group.hessian_min}")
+        out["hessian_min"] = float(group.hessian_min)
+    if group.hessian_density is not None:
+        nodes, weights = group.hessian_density
+        out["hessian_density"] = HessianDensity(
+            nodes=_rows(nodes, f"{where}: hessian_density nodes"),
+            weights=_rows(weights, f"{where}: hessian_density weights"),
+        )
+    return out
 
 
 def encode_snapshot(

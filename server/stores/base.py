@@ -66,16 +66,26 @@ _NOT_CONTENT = ("wall_time", "instance")
 """Payload fields that say when and by whom, not what: a replay differs only in these."""
 
 
+def _without_nulls(value: Any) -> Any:
+    """``value`` with every ``null`` object member left out, at any depth."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def same_payload(stored: str, payload: str) -> bool:
     """Whether two stored payloads (JSON text) hold the same snapshot: the same numbers,
-    whenever and by whichever probe instance they were computed."""
+    whenever and by whichever probe instance they were computed. An optional field that is
+    ``null`` in one and absent in the other (stored by an older server) is the same."""
     if stored == payload:
         return True
     a, b = json.loads(stored), json.loads(payload)
     for field in _NOT_CONTENT:
         a.pop(field, None)
         b.pop(field, None)
-    return bool(a == b)
+    return bool(_without_nulls(a) == _without_nulls(b))
 
 
 @dataclass(frozen=True)

@@ -232,3 +232,43 @@ def test_direction_figures_pair_statistics_with_the_selected_eigenvalues() -> No
     fig = figures.gamma_figure(_snapshot(0, group), "all")
     (trace,) = fig.data
     assert list(trace.x) == [2.0, 1.0] and list(trace.y) == [0.5, 0.25]
+
+
+def _hessian_group(with_density: bool = True) -> dict:
+    group = _group([4.0, 2.0, 1.0]) | {"hessian_eigvals": [5.0, 3.0], "hessian_min": -0.5}
+    if with_density:
+        group["hessian_density"] = {
+            "nodes": [[-0.5, 1.0, 5.0], [-0.25, 2.0, 4.5]],
+            "weights": [[0.25, 0.5, 0.25], [0.5, 0.25, 0.25]],
+        }
+    return group
+
+
+def test_hessian_figure_density_integrates_to_one_and_marks_the_extremes() -> None:
+    import plotly.graph_objects as go
+
+    snap = _snapshot(2, _hessian_group()) | {"config": {"hessian_top_k": 2}}
+    fig = figures.hessian_figure(snap, "all", n_points=2001)
+    go.Figure(fig.to_dict())
+    density, top, low, ggn = fig.data
+    x, y = list(density.x), list(density.y)
+    sigma = 0.02 * (5.0 - -0.5)
+    assert x[0] == pytest.approx(-0.5 - 3 * sigma) and x[-1] == pytest.approx(5.0 + 3 * sigma)
+    area = math.fsum((x[i + 1] - x[i]) * (y[i] + y[i + 1]) / 2 for i in range(len(x) - 1))
+    assert area == pytest.approx(1.0, abs=0.01)  # the Gaussians' tails beyond 3σ: ~0.3 %
+    assert [v for v in top.x if v is not None] == [5.0, 5.0, 3.0, 3.0]
+    assert [v for v in low.x if v is not None] == [-0.5, -0.5]
+    assert max(v for v in top.y if v is not None) == pytest.approx(1.05 * max(y))
+    assert list(ggn.x) == [4.0, 2.0, 1.0] and set(ggn.y) == {0.0}
+    assert "hessian" in figures.step_figures(snap, "all")
+
+
+def test_hessian_figure_without_density_or_without_hessian() -> None:
+    fig = figures.hessian_figure(_snapshot(0, _hessian_group(with_density=False)), "all")
+    assert [t.name for t in fig.data] == ["top-2 of H", "λ_min(H) = -0.5", "GGN eigenvalues (K=3)"]
+    plain = _snapshot(1, _group([4.0, 2.0]))
+    assert "hessian" not in figures.step_figures(plain, "all")  # a run without the Hessian
+    skipped = plain | {"config": {"hessian_top_k": 2}}  # a run with it, not at this step
+    fig = figures.step_figures(skipped, "all")["hessian"]
+    assert not fig.data
+    assert fig.layout.annotations[0].text == "no Hessian at this step"

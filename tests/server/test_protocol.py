@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -71,3 +73,62 @@ def test_selected_directions_travel_as_indices() -> None:
     group = GroupPayload.model_validate(make_group(k=5, k_stats=2) | {"directions": [3, 4]})
     assert group.directions == [3, 4]
     assert GroupPayload.model_validate(make_group(k=5, k_stats=2)).directions is None
+
+
+HESSIAN = {
+    "hessian_eigvals": [2.5, 0.5, -0.25],
+    "hessian_min": -1.5,
+    "hessian_density": {"nodes": [[-1.5, 0.0, 2.5], [-1.0, 1.0, 2.0]], "weights": [[0.2] * 3] * 2},
+}
+
+
+def test_hessian_fields_travel_and_round_trip() -> None:
+    message = parse_ingest_message(
+        make_snapshot(config={"hessian_top_k": 3}) | {"groups": [make_group() | HESSIAN]}
+    )
+    assert isinstance(message, SnapshotMessage) and message.config.hessian_top_k == 3
+    group = message.groups[0]
+    assert group.hessian_eigvals == [2.5, 0.5, -0.25] and group.hessian_min == -1.5
+    assert group.hessian_density is not None
+    assert group.hessian_density.nodes == [[-1.5, 0.0, 2.5], [-1.0, 1.0, 2.0]]
+    again = parse_ingest_message(json.loads(message.model_dump_json()))
+    assert again == message
+
+
+def test_without_hessian_payloads_serialise_as_before_the_fields() -> None:
+    message = parse_ingest_message(make_snapshot())
+    dumped = json.loads(message.model_dump_json())
+    assert "hessian_top_k" not in dumped["config"]
+    assert all(not any(k.startswith("hessian") for k in g) for g in dumped["groups"])
+    assert message.config.hessian_top_k == 0 and message.groups[0].hessian_eigvals is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"hessian_eigvals": [1.0, 2.0]}, "hessian_eigvals must be descending"),
+        ({"hessian_eigvals": [1.0, float("nan")]}, "finite"),
+        ({"hessian_min": float("inf")}, "finite"),
+        (
+            {"hessian_density": {"nodes": [[1.0, 2.0]], "weights": [[0.5]]}},
+            "nodes and weights must have equal shapes",
+        ),
+        (
+            {"hessian_density": {"nodes": [[1.0]], "weights": [[0.5], [0.5]]}},
+            "nodes and weights must have equal shapes",
+        ),
+        (
+            {"hessian_density": {"nodes": [[1.0, 2.0]], "weights": [[1.5, -0.5]]}},
+            "greater than or equal to 0",
+        ),
+        ({"hessian_density": {"nodes": [[1.0]]}}, "weights"),
+    ],
+)
+def test_invalid_hessian_fields_are_refused(overrides: dict, fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        GroupPayload.model_validate(make_group() | overrides)
+
+
+def test_hessian_top_k_must_not_be_negative() -> None:
+    with pytest.raises(ValidationError, match="hessian_top_k"):
+        parse_ingest_message(make_snapshot(config={"hessian_top_k": -1}))

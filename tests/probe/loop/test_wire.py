@@ -90,3 +90,40 @@ def test_event() -> None:
     parsed = parse_ingest_message(json.loads(event.model_dump_json()))
     assert isinstance(parsed, EventMessage)
     assert (parsed.step, parsed.level, len(parsed.message)) == (5, "warning", 10_000)
+
+
+def test_hessian_fields_travel_only_when_computed() -> None:
+    config = ViViTConfig(param_groups="layer", hessian_top_k=2, hessian_slq_probes=2, seed=0)
+    snap = _snapshot(config)
+    msg = _roundtrip(encode_snapshot(snap, run="r", step=2, config=config, mode="in-loop"))
+    assert msg.config.hessian_top_k == 2
+    for wire, group in zip(msg.groups, snap.groups, strict=True):
+        assert group.hessian_eigvals is not None and group.hessian_density is not None
+        assert wire.hessian_eigvals == group.hessian_eigvals.tolist()
+        assert wire.hessian_min == group.hessian_min
+        assert wire.hessian_density is not None
+        assert wire.hessian_density.nodes == group.hessian_density[0].tolist()
+        assert wire.hessian_density.weights == group.hessian_density[1].tolist()
+    plain = ViViTConfig(param_groups="layer")
+    msg = _roundtrip(
+        encode_snapshot(_snapshot(plain), run="r", step=3, config=plain, mode="in-loop")
+    )
+    assert msg.config.hessian_top_k == 0
+    assert all(g.hessian_eigvals is None and g.hessian_density is None for g in msg.groups)
+    assert "hessian" not in msg.model_dump_json()
+
+
+@pytest.mark.parametrize("field", ["hessian_eigvals", "hessian_min", "nodes"])
+def test_non_finite_hessian_values_are_refused(field: str) -> None:
+    config = ViViTConfig(hessian_top_k=2, hessian_slq_probes=1, seed=0)
+    snap = _snapshot(config)
+    group = snap.groups[0]
+    assert group.hessian_eigvals is not None and group.hessian_density is not None
+    if field == "hessian_eigvals":
+        group.hessian_eigvals[1] = math.nan
+    elif field == "hessian_min":
+        group.hessian_min = math.inf
+    else:
+        group.hessian_density[0][0, 0] = -math.inf
+    with pytest.raises(WireError, match=field):
+        encode_snapshot(snap, run="r", step=0, config=config, mode="in-loop")

@@ -14,6 +14,7 @@ from curvscope.server.protocol import SnapshotMessage
 from curvscope.server.stores import (
     SCHEMA_VERSION,
     SQLiteStore,
+    StepConflict,
     StoreError,
     open_store,
     snapshot_payload_json,
@@ -125,3 +126,27 @@ def test_no_cross_process_feed_and_closed_store_refuses(store: SQLiteStore) -> N
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.list_runs()
+
+
+def test_a_replay_matches_a_snapshot_stored_before_optional_fields_existed(
+    tmp_path: Path,
+) -> None:
+    """Stored by an older server (no ``directions``, ``instance``, ``user_step`` members),
+    the same snapshot sent again now is a duplicate, not a ``step_conflict``."""
+    path = tmp_path / "old.sqlite"
+    message = SnapshotMessage(**make_snapshot("old", 4))
+    store = SQLiteStore(path)
+    try:
+        assert store.append_snapshot(message, 1.0) is True
+        with sqlite3.connect(path) as conn:
+            conn.execute(
+                "UPDATE snapshots SET payload = json_remove(payload, '$.instance', "
+                "'$.user_step', '$.config.directions', '$.groups[0].directions')"
+            )
+        stored = store.read_snapshot("old", 4).payload_json
+        assert '"directions"' not in stored and '"instance"' not in stored
+        assert store.append_snapshot(message, 2.0) is False
+        with pytest.raises(StepConflict):
+            store.append_snapshot(message.model_copy(update={"loss": 9.0}), 3.0)
+    finally:
+        store.close()
