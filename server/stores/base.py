@@ -13,7 +13,7 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,8 @@ __all__ = [
     "Store",
     "StoreError",
     "downsample_indices",
+    "json_head",
+    "light_series_from_rows",
     "light_snapshot",
     "redact_url",
     "same_payload",
@@ -181,6 +183,31 @@ def redact_url(url: str) -> str:
 def snapshot_payload_json(message: SnapshotMessage) -> str:
     """The stored JSON of a snapshot message (no ``type``, ``schema_version``, ``resume``)."""
     return message.model_dump_json(exclude={"type", "schema_version", "resume"})
+
+
+def json_head(array_text: str, top: int) -> list[float]:
+    """The first ``top`` numbers of a JSON array of numbers, parsing only those.
+
+    SQL JSON functions hand back the array with each number's original text, so this is exact
+    (re-encoding through SQL REAL values would round to 15 digits).
+    """
+    inner = array_text.strip()[1:-1]
+    if not inner.strip():
+        return []
+    return [float(v) for v in inner.split(",", top)[:top]]
+
+
+def light_series_from_rows(rows: Iterable[Sequence[Any]], top: int) -> list[LightSnapshot]:
+    """:data:`LightSnapshot` entries from SQL rows ``(step, loss, name JSON, eigvals JSON)``
+    in step order, one row per group (a snapshot without groups: one row of NULLs)."""
+    series: list[LightSnapshot] = []
+    for step, loss, name, eigvals in rows:
+        if not series or series[-1]["step"] != step:
+            series.append({"step": step, "loss": float(loss), "groups": []})
+        if name is not None:
+            group = {"name": json.loads(name), "eigvals": json_head(eigvals, top)}
+            series[-1]["groups"].append(group)
+    return series
 
 
 def downsample_indices(n: int, max_points: int | None) -> list[int]:

@@ -55,11 +55,12 @@ from curvscope.server.stores.base import (
     StepConflict,
     Store,
     StoreError,
+    light_series_from_rows,
     redact_url,
     same_payload,
     snapshot_payload_json,
 )
-from curvscope.server.stores.sqlite import _THIN_TEMPLATE, _json_head
+from curvscope.server.stores.sqlite import _THIN_TEMPLATE
 
 __all__ = ["CHANNEL", "LIGHT_TOP", "SCHEMA_VERSION", "PostgresStore"]
 
@@ -470,14 +471,7 @@ class PostgresStore(Store):
                 rows = conn.execute(_LIGHT_SERIES_SQL, (run, list(steps))).fetchall()
         except pg_errors.UntranslatableCharacter:
             return super().read_light_series(run, steps, top)
-        series = []
-        for step, loss, name, eigvals in rows:
-            if not series or series[-1]["step"] != step:
-                series.append({"step": step, "loss": float(loss), "groups": []})
-            if name is not None:  # a snapshot without groups has one row of NULLs
-                group = {"name": json.loads(name), "eigvals": _json_head(eigvals, top)}
-                series[-1]["groups"].append(group)
-        return series
+        return light_series_from_rows(rows, top)
 
     def iter_snapshots(self, run: str, batch: int = 256) -> Iterator[SnapshotRecord]:
         last = -1

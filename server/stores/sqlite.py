@@ -26,6 +26,7 @@ from curvscope.server.stores.base import (
     StepConflict,
     Store,
     StoreError,
+    light_series_from_rows,
     same_payload,
     snapshot_payload_json,
 )
@@ -116,18 +117,6 @@ PostgreSQL store: of each run's snapshots received before ``older_than``, in ste
 keep every ``keep_every``-th and the run's first and last stored step; delete the rest."""
 
 _THIN_SQL = _THIN_TEMPLATE.format(older_than="?", keep_every="?")
-
-
-def _json_head(array_text: str, top: int) -> list[float]:
-    """The first ``top`` numbers of a JSON array of numbers, parsing only those.
-
-    SQLite hands back the array with each number's original text, so this is exact
-    (re-encoding through SQL REAL values would round to 15 digits).
-    """
-    inner = array_text.strip()[1:-1]
-    if not inner.strip():
-        return []
-    return [float(v) for v in inner.split(",", top)[:top]]
 
 
 class SQLiteStore(Store):
@@ -379,15 +368,8 @@ class SQLiteStore(Store):
     def read_light_series(self, run: str, steps: Sequence[int], top: int) -> list[LightSnapshot]:
         """Extracts the few numbers inside SQLite (its C JSON functions): no snapshot is
         decoded in Python."""
-        series: list[LightSnapshot] = []
         rows = self._conn().execute(_LIGHT_SERIES_SQL, (run, json.dumps(list(steps))))
-        for step, loss, name, eigvals in rows:
-            if not series or series[-1]["step"] != step:
-                series.append({"step": step, "loss": float(loss), "groups": []})
-            if name is not None:  # a snapshot without groups has one row of NULLs
-                group = {"name": json.loads(name), "eigvals": _json_head(eigvals, top)}
-                series[-1]["groups"].append(group)
-        return series
+        return light_series_from_rows(rows, top)
 
     def iter_snapshots(self, run: str, batch: int = 256) -> Iterator[SnapshotRecord]:
         last = -1
