@@ -24,13 +24,16 @@ from torch import Tensor, nn
 from curvscope.probe.backends import Backend, make_backend
 from curvscope.probe.config import ViViTConfig
 from curvscope.probe.errors import BatchSizeMismatchError, ConfigError
+from curvscope.probe.newton.trust import attach_step_trust
 from curvscope.probe.snapshot import GroupSpectrum, Snapshot
 from curvscope.probe.vivit.directions import (
+    batch_directional_gradients,
     directional_curvatures,
     directional_gradients,
     eigvec_coefficients,
 )
 from curvscope.probe.vivit.gram import GramAccumulator
+from curvscope.probe.vivit.noise import gradient_covariance_eigvals, gradient_moment_eigvals
 from curvscope.probe.vivit.selection import select_directions
 from curvscope.probe.vivit.spectrum import nontrivial_eigh
 from curvscope.probe.vivit.statistics import gradient_overlap, snr
@@ -138,6 +141,7 @@ class ViViTCollector:
         self.keep_factors = keep_factors or self.config.eigenvectors > 0
         self._accumulators: list[GramAccumulator] = []
         self._subsampling: list[int] | None = None
+        self._grad_subset: list[int] | None = None
         self._batch_size = 0
 
     @property
@@ -167,9 +171,17 @@ class ViViTCollector:
         still computed in full); it is raised on exit from this context instead.
         """
         self._subsampling = self.config.subsample_indices(batch_size)
+        self._grad_subset = self.config.grad_indices(batch_size)
         self._batch_size = batch_size
         self._accumulators = [
-            GramAccumulator(name, params, self.keep_factors) for name, params in self.groups
+            GramAccumulator(
+                name,
+                params,
+                self.keep_factors,
+                self.config.gradient_spectrum,
+                self._grad_subset,
+            )
+            for name, params in self.groups
         ]
         owner = {id(p): acc for acc in self._accumulators for p in acc.params}
         try:
@@ -202,6 +214,13 @@ class ViViTCollector:
         accumulators, self._accumulators = self._accumulators, []
         unscale = 1.0 / grad_scale if self.backend.needs_loss_backward else 1.0
         groups = [self._group_spectrum(acc, unscale) for acc in accumulators]
+        if self.config.step_trust:
+            for group in groups:
+                attach_step_trust(
+                    group,
+                    resamples=self.config.step_trust_resamples,
+                    seed=self.config.step_trust_seed,
+                )
         return Snapshot(
             loss=loss, batch_size=self._batch_size, groups=groups, backend=self.backend.name
         )
@@ -214,16 +233,20 @@ class ViViTCollector:
         device = like.device if like is not None else None
         if acc.gram is None:
             empty = torch.zeros(0, dtype=dtype, device=device)
+            noise = empty if self.config.gradient_spectrum else None  # no gradient, no noise
+            n_g = n if self._grad_subset is None else len(self._grad_subset)
             return GroupSpectrum(
                 acc.name,
                 acc.params,
                 empty,
-                empty.reshape(n, 0),
+                empty.reshape(n_g, 0),
                 empty.reshape(m, 0),
                 empty,
                 empty,
                 empty,
                 0.0,
+                gradient_eigvals=noise,
+                gradient_moment_eigvals=noise,
             )
         # Curvature from a subset, with the loss's own reduction on that subset (BackPACK
         # keeps the full batch's 1/N, the subset's mean needs 1/M: V scales by √(N/M)).
@@ -232,9 +255,13 @@ class ViViTCollector:
         eigvals, eigvecs = nontrivial_eigh(gram, self.config.eig_rtol)
         chosen = select_directions(eigvals, self.config.directions, self.config.top_k)
         lam, vecs = eigvals[chosen], eigvecs[:, chosen]
-        gammas = directional_gradients(vt_grads, lam, vecs)
+        gammas = directional_gradients(vt_grads, lam, vecs, batch_size=n)
         lambdas = directional_curvatures(lam, vecs, gram.shape[0] // m)
         grad_norm_sq = acc.grad_norm_sq * unscale**2
+        batch_gamma = None
+        if acc.vt_grad is not None:  # per-sample gradients of a subset: γ_k from the batch's g
+            vt_grad = acc.vt_grad * (math.sqrt(scale) * unscale)
+            batch_gamma = batch_directional_gradients(vt_grad, lam, vecs)
         spectrum = GroupSpectrum(
             name=acc.name,
             params=acc.params,
@@ -243,10 +270,18 @@ class ViViTCollector:
             lambdas=lambdas,
             snr_gamma=snr(gammas),
             snr_lambda=snr(lambdas),
-            grad_overlap=gradient_overlap(gammas.mean(0), grad_norm_sq),
+            grad_overlap=gradient_overlap(
+                gammas.mean(0) if batch_gamma is None else batch_gamma, grad_norm_sq
+            ),
             grad_norm_sq=float(grad_norm_sq),
             directions=chosen,
+            batch_gamma=batch_gamma,
         )
+        if acc.grad_gram is not None:
+            grad_gram = acc.grad_gram * unscale**2
+            rtol = self.config.eig_rtol
+            spectrum.gradient_eigvals = gradient_covariance_eigvals(grad_gram, rtol, n)
+            spectrum.gradient_moment_eigvals = gradient_moment_eigvals(grad_gram, rtol, n)
         if self.keep_factors:
             coeffs = eigvec_coefficients(lam, vecs) * math.sqrt(scale)  # [R, K']
 

@@ -55,6 +55,24 @@ class ViViTConfig:
             (the 1st, the ``m+1``-th, ...; not every ``m``-th step) computes the Hessian
             quantities, since they cost many more passes than the GGN's;
             :func:`~curvscope.probe.compute_snapshot` always computes them.
+        subsample_grad: the per-sample directional gradients ``γ_nk`` (and SNR(γ), the
+            gradient-noise spectrum, the step trust's bootstrap) from these samples only (an
+            ``int`` k: the first k, or the whole batch when it has fewer; a sequence: distinct
+            batch indices), so ``Vᵀ g_n`` costs ``N_g/N`` of the full batch's; the batch
+            gradient ``γ_k = e_kᵀ g``, the overlap and ``‖g‖²`` stay exact (whole batch).
+        gradient_spectrum: also compute each group's gradient-noise spectrum: the non-zero
+            eigenvalues of the covariance over samples of ``N·g_n`` (``gradient_eigvals``)
+            and of its uncentred second moment (``gradient_moment_eigvals``), from the
+            ``N x N`` Gram of the per-sample gradients of the same backward pass
+            (:mod:`curvscope.probe.vivit.noise`).
+        step_trust: also compute each group's live step trust (paper §4.2,
+            :mod:`curvscope.probe.newton.trust`): per selected direction the bootstrap
+            damping δ_k and the 5 % bootstrap quantile of the predicted loss reduction of the
+            damped Newton step, and the group's predicted reduction of the whole damped step.
+        step_trust_resamples: bootstrap rounds B of the step trust (``>= 2``); its cost is
+            ``O(B·(N + 100·K'))`` per group (100 dampings on the grid).
+        step_trust_seed: seed of the step trust's bootstrap, drawn afresh for every group of
+            every snapshot (a replay of a snapshot gives the same numbers).
     """
 
     curvature: Literal["exact", "mc"] = "exact"
@@ -72,6 +90,11 @@ class ViViTConfig:
     hessian_slq_probes: int = 0
     hessian_slq_steps: int = 30
     hessian_every: int = 1
+    subsample_grad: int | Sequence[int] | None = None
+    gradient_spectrum: bool = False
+    step_trust: bool = False
+    step_trust_resamples: int = 100
+    step_trust_seed: int = 0
 
     def __post_init__(self) -> None:
         for name, low in (
@@ -80,6 +103,16 @@ class ViViTConfig:
             ("hessian_slq_steps", 1),
             ("hessian_every", 1),
         ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+        if not isinstance(self.gradient_spectrum, bool):
+            raise ConfigError(
+                f"gradient_spectrum must be True or False, got {self.gradient_spectrum!r}"
+            )
+        if not isinstance(self.step_trust, bool):
+            raise ConfigError(f"step_trust must be True or False, got {self.step_trust!r}")
+        for name, low in (("step_trust_resamples", 2), ("step_trust_seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
@@ -109,11 +142,12 @@ class ViViTConfig:
                 f"param_groups must be 'all', 'layer' or a list of parameter lists, "
                 f"got {self.param_groups!r}"
             )
-        sub = self.subsample
-        if sub is not None and not isinstance(sub, int):
-            if isinstance(sub, (str, bytes)) or not isinstance(sub, Sequence):
-                raise ConfigError(f"subsample must be an int or a sequence of ints, got {sub!r}")
-            object.__setattr__(self, "subsample", tuple(int(i) for i in sub))
+        for name in ("subsample", "subsample_grad"):
+            sub = getattr(self, name)
+            if sub is not None and not isinstance(sub, int):
+                if isinstance(sub, (str, bytes)) or not isinstance(sub, Sequence):
+                    raise ConfigError(f"{name} must be an int or a sequence of ints, got {sub!r}")
+                object.__setattr__(self, name, tuple(int(i) for i in sub))
 
     def subsample_indices(self, batch_size: int) -> list[int] | None:
         """The curvature samples' batch indices, checked against ``batch_size`` (``None``: all).
@@ -121,39 +155,62 @@ class ViViTConfig:
         Raises:
             ConfigError: an index out of range, duplicates, or an empty selection.
         """
-        sub = self.subsample
-        if sub is None:
-            return None
-        if isinstance(sub, int):
-            if isinstance(sub, bool) or sub < 1:
-                raise ConfigError(f"subsample must be an int >= 1 or a list, got {sub!r}")
-            return list(range(min(sub, batch_size)))  # a short (last) batch: all of it
-        indices = list(sub)
-        if not indices:
-            raise ConfigError("subsample must select at least one sample")
-        bad = [i for i in indices if not 0 <= i < batch_size]
-        if bad:
-            raise ConfigError(
-                f"subsample index {bad[0]} is out of range for a batch of {batch_size} samples"
-            )
-        if len(set(indices)) != len(indices):
-            raise ConfigError(f"subsample indices must be distinct, got {indices}")
-        return indices
+        return _indices("subsample", self.subsample, batch_size)
+
+    def grad_indices(self, batch_size: int) -> list[int] | None:
+        """The per-sample gradients' batch indices (``subsample_grad``; ``None``: all).
+
+        A selection of the whole batch in order is ``None`` too (nothing is left out).
+
+        Raises:
+            ConfigError: as :meth:`subsample_indices`.
+        """
+        indices = _indices("subsample_grad", self.subsample_grad, batch_size)
+        return None if indices == list(range(batch_size)) else indices
 
     def to_wire(self) -> dict[str, object]:
         """JSON-ready description (the wire's ``ConfigPayload`` fields)."""
-        sub = self.subsample
-        if isinstance(sub, int):
-            sub = list(range(sub))
+        sub = _listed(self.subsample)
         groups = self.param_groups if isinstance(self.param_groups, str) else "explicit"
         return {
             "curvature": self.curvature,
             "mc_samples": self.mc_samples,
-            "subsample": None if sub is None else list(sub),
+            "subsample": sub,
             "param_groups": groups,
             "top_k": self.top_k,
             "directions": describe(self.directions),
             "eigenvectors": self.eigenvectors,
             "per_sample": self.per_sample,
             "hessian_top_k": self.hessian_top_k,
+            "subsample_grad": _listed(self.subsample_grad),
+            "gradient_spectrum": self.gradient_spectrum,
+            "step_trust": self.step_trust,
         }
+
+
+def _listed(sub: int | Sequence[int] | None) -> list[int] | None:
+    """A sub-sampling setting as a list of indices (an ``int`` k: the first k)."""
+    if sub is None:
+        return None
+    return list(range(sub)) if isinstance(sub, int) else list(sub)
+
+
+def _indices(name: str, sub: int | Sequence[int] | None, batch_size: int) -> list[int] | None:
+    """``sub`` checked against ``batch_size`` as batch indices (``None``: all)."""
+    if sub is None:
+        return None
+    if isinstance(sub, int):
+        if isinstance(sub, bool) or sub < 1:
+            raise ConfigError(f"{name} must be an int >= 1 or a list, got {sub!r}")
+        return list(range(min(sub, batch_size)))  # a short (last) batch: all of it
+    indices = list(sub)
+    if not indices:
+        raise ConfigError(f"{name} must select at least one sample")
+    bad = [i for i in indices if not 0 <= i < batch_size]
+    if bad:
+        raise ConfigError(
+            f"{name} index {bad[0]} is out of range for a batch of {batch_size} samples"
+        )
+    if len(set(indices)) != len(indices):
+        raise ConfigError(f"{name} indices must be distinct, got {indices}")
+    return indices

@@ -157,7 +157,12 @@ def train(opts: DemoOptions, url: str | None) -> dict[str, float]:
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=0.9)
     run = opts.run or f"digits-{time.strftime('%Y%m%d-%H%M%S')}"
-    config = ViViTConfig(curvature=opts.curvature, subsample=opts.subsample)  # type: ignore[arg-type]
+    config = ViViTConfig(
+        curvature=opts.curvature,  # type: ignore[arg-type]
+        subsample=opts.subsample,
+        gradient_spectrum=True,
+        step_trust=True,
+    )
     monitor = (x_test[: opts.batch_size], y_test[: opts.batch_size]) if opts.held_out else None
     probe = Probe(
         model,
@@ -168,6 +173,7 @@ def train(opts: DemoOptions, url: str | None) -> dict[str, float]:
         every=opts.every,
         config=config,
         monitor_batch=monitor,
+        optimizer=optimizer,
     )
     print(
         f"Run {run!r}: {opts.steps} steps, a snapshot every {opts.every} steps "

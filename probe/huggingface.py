@@ -115,6 +115,9 @@ class CurvscopeTrainerMixin:
             (``spool_dir``, ``strict``, ``transport_options``; ``resume=True`` to go on
             with a run another process started, e.g. ``train(resume_from_checkpoint=...)``).
             A second ``train()`` of the same trainer goes on with its run by itself.
+            The probe records the learning rate of the Trainer's optimizer
+            (``self.optimizer``, its scheduler's current rate) unless ``optimizer`` is given
+            here (``None``: record none).
 
     Attributes:
         curvscope_probe: the probe (``None`` before the first training step).
@@ -289,6 +292,8 @@ class CurvscopeTrainerMixin:
         kwargs = dict(self.curvscope_probe_kwargs)
         if probe is not None:  # train() called again: the same run goes on
             kwargs.setdefault("resume", True)
+        if "optimizer" not in kwargs and getattr(self, "optimizer", None) is not None:
+            kwargs["optimizer"] = self.optimizer  # created before the first training step
         probe = Probe(
             model,
             loss_fn,

@@ -95,6 +95,9 @@ class CurvscopeCallback(pl.Callback):
             ``strict``, ``transport_options``, ``monitor_batch``; ``resume=True`` to go
             on with a run another process started, e.g. when fitting from a checkpoint).
             A second ``fit`` with the same callback goes on with its run by itself.
+            The probe records the learning rate and momentum of the trainer's first
+            optimizer (``trainer.optimizers[0]``) unless ``optimizer`` is given here
+            (``None``: record none).
 
     Attributes:
         probe: the :class:`~curvscope.probe.Probe` of the current (or last) ``fit``.
@@ -162,6 +165,8 @@ class CurvscopeCallback(pl.Callback):
             kwargs.setdefault("resume", True)
         model = self._resolve_model(pl_module)
         loss_fn = self._resolve_loss(pl_module)
+        if "optimizer" not in kwargs and trainer.optimizers:  # set up before on_fit_start
+            kwargs["optimizer"] = trainer.optimizers[0]
         self.probe = Probe(
             model,
             loss_fn,

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from curvscope.server.executors import ByteBudget, Pools
@@ -107,11 +108,14 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             if settings.retention_s is not None
             else None
         )
+        # Plotly.js gzipped once, in the background, before the first browser asks for it
+        bundle = asyncio.get_running_loop().run_in_executor(None, pages.plotly_bundle)
         app.state.ingest_budget = ByteBudget(settings.max_inflight_bytes)
         app.state.ingest_connections = 0
         try:
             yield
         finally:
+            bundle.cancel()
             if retention is not None:
                 retention.cancel()
             app.state.fanout.stop()
@@ -130,6 +134,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.add_middleware(
         TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts(), www_redirect=False
     )
+    # JSON and scripts compressed (level 1: fast, in the event loop; figure JSON shrinks
+    # ~4x); Plotly.js comes pre-compressed (routes.pages) and is left alone.
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=1)
     app.include_router(api.router)
     app.include_router(ingest.router)
     app.include_router(live.router)

@@ -54,6 +54,7 @@ __all__ = [
     "HessianDensity",
     "IngestMessage",
     "Instance",
+    "OptimizerPayload",
     "RunName",
     "SnapshotMessage",
     "parse_ingest_message",
@@ -146,7 +147,12 @@ class _Optional(_Message):
 class ConfigPayload(_Optional):
     """The ViViT configuration a snapshot was computed with."""
 
-    _OMITTED_AT_DEFAULT: ClassVar[dict[str, Any]] = {"hessian_top_k": 0}
+    _OMITTED_AT_DEFAULT: ClassVar[dict[str, Any]] = {
+        "hessian_top_k": 0,
+        "step_trust": False,
+        "gradient_spectrum": False,
+        "subsample_grad": None,
+    }
 
     curvature: Literal["exact", "mc"] = "exact"
     mc_samples: int = Field(1, ge=1)
@@ -160,6 +166,15 @@ class ConfigPayload(_Optional):
     per_sample: bool = False
     hessian_top_k: int = Field(0, ge=0)
     """How many of the largest Hessian eigenvalues each group carries (``0``: no Hessian)."""
+    subsample_grad: list[int] | None = None
+    """The batch indices the per-sample directional gradients (``gammas``, ``snr_gamma``)
+    and the gradient-noise spectrum come from; ``None``: the whole batch."""
+    gradient_spectrum: bool = False
+    """Whether the groups carry the gradient-noise spectrum (``gradient_eigvals``,
+    ``gradient_moment_eigvals``)."""
+    step_trust: bool = False
+    """Whether the groups carry the step trust (``trust_damping``, ``trust_bound``,
+    ``newton_reduction``)."""
     mode: Literal["in-loop", "held-out", "function"] = "function"
     backend: CurvatureBackend = DEFAULT_BACKEND
     """The curvature backend that computed the snapshot (:data:`CurvatureBackend`); absent
@@ -213,11 +228,32 @@ class GroupPayload(_Optional):
     hessian_eigvals: list[FiniteFloat] | None = Field(None, max_length=10_000)
     hessian_min: FiniteFloat | None = None
     hessian_density: HessianDensity | None = None
+    gradient_eigvals: list[FiniteFloat] | None = Field(None, max_length=1_000_000)
+    """The gradient-noise spectrum: the non-zero eigenvalues (descending, ``<= N − 1``) of
+    the unbiased covariance over samples of ``N·g_n`` (``e_kᵀ C e_k`` is the variance of
+    ``γ_nk`` that ``snr_gamma`` divides by)."""
+    gradient_moment_eigvals: list[FiniteFloat] | None = Field(None, max_length=1_000_000)
+    """The non-zero eigenvalues (descending, ``<= N``) of the uncentred second moment
+    ``(1/N) Σ_n (N g_n)(N g_n)ᵀ``."""
+    trust_damping: list[Annotated[float, Field(allow_inf_nan=False, gt=0.0)] | None] | None = None
+    """``[K']`` the bootstrap damping δ_k per statistics direction; ``null`` where no damping
+    has a non-negative bound (the damped Newton step leaves the direction alone)."""
+    trust_bound: list[FiniteFloat] | None = None
+    """``[K']`` the largest 5 % bootstrap quantile of the predicted loss reduction over the
+    damping grid: ``>= 0`` exactly where ``trust_damping`` is a number."""
+    newton_reduction: FiniteFloat | None = Field(None, ge=0.0)
+    """The loss decrease the group's GGN quadratic model predicts for the damped Newton step
+    with the dampings ``trust_damping``."""
 
     _OMITTED_AT_DEFAULT: ClassVar[dict[str, Any]] = {
         "hessian_eigvals": None,
         "hessian_min": None,
         "hessian_density": None,
+        "gradient_eigvals": None,
+        "gradient_moment_eigvals": None,
+        "trust_damping": None,
+        "trust_bound": None,
+        "newton_reduction": None,
     }
 
     @model_validator(mode="after")
@@ -273,6 +309,13 @@ class GroupPayload(_Optional):
         h = self.hessian_eigvals
         if h is not None and any(a < b for a, b in itertools.pairwise(h)):
             raise ValueError(f"group {self.name!r}: hessian_eigvals must be descending")
+        for field in ("gradient_eigvals", "gradient_moment_eigvals"):
+            noise = getattr(self, field)
+            if noise is None:
+                continue
+            if any(v < 0 for v in noise) or any(a < b for a, b in itertools.pairwise(noise)):
+                raise ValueError(f"group {self.name!r}: {field} must be >= 0 and descending")
+        self._check_trust(k_stats)
 
         for field in ("snr_gamma", "snr_lambda"):
             if any(v < 0 and v != SNR_UNDEFINED for v in getattr(self, field)):
@@ -281,9 +324,52 @@ class GroupPayload(_Optional):
                 )
         return self
 
+    def _check_trust(self, k_stats: int) -> None:
+        """The step-trust fields: together, with K' entries, ``null`` dampings exactly where
+        the bound is negative."""
+        damping, bound = self.trust_damping, self.trust_bound
+        if (damping is None) != (bound is None):
+            raise ValueError(f"group {self.name!r}: trust_damping and trust_bound come together")
+        if damping is None or bound is None:
+            return
+        for field, values in (("trust_damping", damping), ("trust_bound", bound)):
+            if len(values) != k_stats:
+                raise PydanticCustomError(
+                    "shape_mismatch",
+                    "group {name}: {field} has {got} entries, gamma has {k_stats}",
+                    {"name": self.name, "field": field, "got": len(values), "k_stats": k_stats},
+                )
+        if any((d is None) != (b < 0) for d, b in zip(damping, bound, strict=True)):
+            raise ValueError(
+                f"group {self.name!r}: trust_damping must be null exactly where trust_bound < 0"
+            )
 
-class SnapshotMessage(_Message):
+
+class OptimizerPayload(_Message):
+    """The training optimizer's state at a snapshot's step (``Probe(optimizer=...)``): what
+    the dashboard needs to draw the edge-of-stability threshold over the top eigenvalue.
+
+    Read from the optimizer's first parameter group (the probe warns once when the groups'
+    learning rates differ). ``lr`` is the step's learning rate η, scheduler included (``0``
+    is allowed: warm-up schedules start there). ``momentum`` is the heavy-ball β of SGD
+    (``0.0`` without momentum) and ``None`` for other optimizers; ``dampening`` and
+    ``nesterov`` are SGD's. ``adaptive``: a preconditioned or otherwise non-SGD update (Adam,
+    AdamW, RMSprop, Adagrad, ...), for which the GD threshold 2/η does not apply.
+    """
+
+    name: str = Field(min_length=1, max_length=128)
+    """The optimizer's class name (``"SGD"``, ``"AdamW"``)."""
+    lr: FiniteFloat = Field(ge=0.0)
+    momentum: FiniteFloat | None = Field(None, ge=0.0)
+    dampening: FiniteFloat = Field(0.0, ge=0.0, le=1.0)
+    nesterov: bool = False
+    adaptive: bool = False
+
+
+class SnapshotMessage(_Optional):
     """One ViViT snapshot of one run at one step: the key is ``(run, step)``."""
+
+    _OMITTED_AT_DEFAULT: ClassVar[dict[str, Any]] = {"optimizer": None}
 
     type: Literal["snapshot"] = "snapshot"
     schema_version: Literal[1] = SCHEMA_VERSION
@@ -302,6 +388,9 @@ class SnapshotMessage(_Message):
     batch_size: int = Field(ge=1)
     config: ConfigPayload = Field(default_factory=ConfigPayload)
     groups: list[GroupPayload] = Field(max_length=10_000)
+    optimizer: OptimizerPayload | None = None
+    """The optimizer's learning rate and momentum at this step (``Probe(optimizer=...)``);
+    ``None`` (left out of the JSON): not known."""
 
     @property
     def key(self) -> tuple[str, int]:

@@ -103,7 +103,10 @@ def render_report(store: Store, run: str, *, max_points: int = 500, overlay: str
             f"K' = {group['k_stats']}, backend {html.escape(str(group['backend']))}</p>"
         )
         divs = []
-        for name in ("density", "eigvals", "snr", "gamma", "overlap"):
+        optional = ("trust", "trust_share", "newton", "hessian_min")  # where the run has them
+        for name in ("density", "eigvals", "snr", "gamma", "overlap", *optional):
+            if name not in group["figures"]:
+                continue
             div, script = _plot(f"g{g}-{name}", group["figures"][name])
             divs.append(div)
             scripts.append(script)

@@ -6,6 +6,7 @@ the offline report (:mod:`curvscope.server.report`). FastAPI-free: plain functio
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -13,7 +14,13 @@ from typing import Any
 import plotly.graph_objects as go
 
 from curvscope.server import figures
-from curvscope.server.figures import DensityMode, Overlay, Snapshot
+from curvscope.server.figures import (
+    DEFAULT_SMOOTH_WINDOW,
+    DensityMode,
+    Overlay,
+    Smoothing,
+    Snapshot,
+)
 from curvscope.server.protocol import DEFAULT_BACKEND
 from curvscope.server.stores import LightSnapshot, RunSummary, Store, downsample_indices
 
@@ -71,12 +78,30 @@ def _summary(store: Store, run: str) -> RunSummary:
 
 
 def _light_series(
-    store: Store, run: str, steps: Sequence[int], max_points: int, top: int
+    store: Store,
+    run: str,
+    steps: Sequence[int],
+    max_points: int,
+    top: int,
+    groups: Sequence[str] | None = None,
 ) -> list[LightSnapshot]:
     """The series for the plots over steps: at most ``max_points`` of ``steps`` (the first
-    and latest kept, :func:`~curvscope.server.stores.downsample_indices`)."""
+    and latest kept, :func:`~curvscope.server.stores.downsample_indices`), with the
+    eigenvalues of ``groups`` only (all for ``None``)."""
     chosen = [steps[i] for i in downsample_indices(len(steps), max_points)]
-    return store.read_light_series(run, chosen, top)
+    return store.read_light_series(run, chosen, top, None if groups is None else set(groups))
+
+
+def _summaries(
+    store: Store, run: str, steps: Sequence[int], max_points: int
+) -> list[dict[str, Any]]:
+    """The stored summaries for the plots over steps: at the down-sampled ``steps`` (as
+    :func:`_light_series`) and at each one's next snapshot, so that the loss change to the
+    next snapshot is known at every chosen step."""
+    chosen = {steps[i] for i in downsample_indices(len(steps), max_points)}
+    successor = dict(itertools.pairwise(steps))
+    wanted = chosen | {successor[s] for s in chosen if s in successor}
+    return store.read_summaries(run, sorted(wanted))
 
 
 def _step_snapshots(
@@ -143,25 +168,30 @@ def run_view_data(
     live_window_s: float = 60.0,
     groups: Sequence[str] | None = None,
     max_groups: int | None = None,
+    smooth: Smoothing = "none",
+    window: int = DEFAULT_SMOOTH_WINDOW,
 ) -> dict[str, Any]:
     """Everything the run view (and the report) shows, with figures as ``go.Figure``.
 
     ``groups`` picks the groups drawn (default: all, at most ``max_groups``: a request's
-    work stays bounded whatever the model; ``group_names`` lists every group).
+    work stays bounded whatever the model; ``group_names`` lists every group). ``smooth``
+    and ``window`` smooth the eigenvalue trajectories
+    (:func:`~curvscope.server.figures.eigval_trajectories_figure`).
 
     Keys: ``run`` (summary), ``step``, ``steps`` (every stored step, for the slider),
     ``series_points`` (snapshots in the plots over steps), ``downsampled`` (fewer than all),
     ``events`` (errors and warnings), ``loss`` (figure), ``groups`` (per group: ``name,
     num_params, k, k_stats, grad_norm_sq, backend`` (the shown snapshot's
-    ``config.backend``) and ``figures`` with ``density, snr, gamma, overlap, eigvals``, and
-    ``hessian`` where the run computes the Hessian).
+    ``config.backend``) and ``figures`` with ``density, snr, gamma, overlap, eigvals``,
+    ``hessian`` and ``hessian_min`` where the run computes the Hessian, ``trust``,
+    ``trust_share`` and ``newton`` where it computes the step trust).
 
     Raises:
         LookupError: no such run, or no snapshot at ``step``.
     """
     summary = _summary(store, run)
     steps = store.list_steps(run)
-    series = _light_series(store, run, steps, max_points, top)
+    series = _light_series(store, run, steps, max_points, top, groups)
     data: dict[str, Any] = {
         "run": summary.to_dict(live_window_s=live_window_s),
         "step": None,
@@ -178,8 +208,16 @@ def run_view_data(
     shown, names, drawn = _step_groups(
         store, run, steps, step, overlay=overlay, mode=mode, groups=groups, max_groups=max_groups
     )
+    summaries = _summaries(store, run, steps, max_points)
     for group in drawn:
-        group["figures"].update(figures.series_figures(series, group["name"], top=top, run=run))
+        group["figures"].update(
+            figures.series_figures(
+                series, group["name"], top=top, run=run, smooth=smooth, window=window
+            )
+        )
+        group["figures"].update(
+            figures.summary_series_figures(summaries, group["name"], steps=steps, run=run)
+        )
     data.update(step=shown, group_names=names, groups=drawn)
     return data
 

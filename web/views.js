@@ -1,8 +1,9 @@
 // The three pages: run list, run view, run comparison. Figures come ready-made from the
 // server (Python, plotly.graph_objects); this file only places them and keeps them live.
 import * as api from "./api.js";
+import { Overview } from "./overview.js";
 
-const FIGURE_ORDER = ["density", "eigvals", "snr", "gamma", "overlap", "hessian"];
+const FIGURE_ORDER = ["density", "eigvals", "snr", "gamma", "overlap", "hessian", "hessian_min", "noise", "trust", "trust_share", "newton"];
 
 /** Create an element: h("div", {class: "x"}, child, "text"). */
 export function h(tag, attrs = {}, ...children) {
@@ -214,9 +215,17 @@ export class RunView {
     this.follow = true; // show the latest step as snapshots arrive
     this.mode = "density";
     this.overlay = "none";
+    this.smooth = "none"; // eigenvalue trajectories: none | median | ema over smoothWindow
+    this.smoothWindow = 5;
     this.playing = false;
     this.plots = new Map();
     this.full = new Refresher(() => this.loadFull());
+    this.overview = new Overview(run, {
+      h, draw,
+      onCell: (group, step) => this.openGroupAt(group, step).catch(reportError),
+      onFilter: () => { this.overview.updateNote(); this.full.request().catch(reportError); },
+      onError: reportError,
+    });
     this.stepOnly = new Refresher(() => this.loadStep());
     this.renders = 0;
   }
@@ -226,21 +235,81 @@ export class RunView {
   }
 
   onMessage(message) {
+    if (message.type === "snapshot") this.overviewStale = true;
     if (message.type === "snapshot" || message.type === "event") this.full.request().catch(reportError);
   }
 
   onReopen() {
+    this.overviewStale = true;
     this.full.request().catch(reportError);
   }
 
   query(extra = {}) {
-    return { mode: this.mode, overlay: this.overlay, ...extra };
+    return { mode: this.mode, overlay: this.overlay, group: this.overview.groupQuery(), ...extra };
+  }
+
+  /**
+   * The overview: first (its group names pick the groups drawn), then alongside; only when
+   * the run changed since (a live update, a reconnection), not for a click or a filter.
+   */
+  loadOverview() {
+    if (this.overview.loaded && !this.overviewStale) return { first: Promise.resolve(), all: Promise.resolve() };
+    this.overviewStale = false;
+    const fetched = this.overview.fetch();
+    const drawn = fetched.then((data) => this.overview.render(data));
+    drawn.catch(() => {}); // awaited (and reported) by loadFull, or failed with `fetched`
+    return { first: this.overview.loaded ? Promise.resolve() : fetched, all: drawn };
+  }
+
+  /** A click on an overview cell: that group's detail at that step, scrolled into view. */
+  async openGroupAt(group, step) {
+    const index = this.steps.indexOf(step);
+    if (index < 0) return;
+    if (!this.plots.has(`${group}:density`)) {
+      this.overview.setFilter(group);
+      this.overview.updateNote();
+      this.step = step;
+      this.follow = index === this.steps.length - 1;
+      await this.full.request();
+    } else {
+      await this.selectIndex(index);
+    }
+    this.body.querySelector(`section[data-group="${CSS.escape(group)}"]`)?.scrollIntoView({ block: "start" });
+  }
+
+  /** Put the groups' sections in the order of `names` (the model's), moving only those out of it. */
+  orderGroups(names) {
+    const sections = new Map([...this.body.querySelectorAll("section[data-group]")].map((s) => [s.dataset.group, s]));
+    let previous = this.lossEl;
+    for (const name of names) {
+      const section = sections.get(name);
+      if (!section) continue;
+      if (previous.nextElementSibling !== section) previous.after(section);
+      previous = section;
+    }
+  }
+
+  /** Remove the sections (and plots) of groups no longer drawn. */
+  pruneGroups(drawn) {
+    const keep = new Set(drawn);
+    for (const section of this.body.querySelectorAll("section[data-group]")) {
+      if (keep.has(section.dataset.group)) continue;
+      for (const el of section.querySelectorAll(".plot")) {
+        if (window.Plotly) window.Plotly.purge(el);
+        this.plots.delete(el.dataset.plot);
+      }
+      section.remove();
+    }
   }
 
   async loadFull() {
+    const overview = this.loadOverview();
     let data;
     try {
-      data = await api.runFigures(this.run, this.query({ step: this.follow ? undefined : this.step }));
+      await overview.first;
+      data = await api.runFigures(this.run, this.query({
+        step: this.follow ? undefined : this.step, smooth: this.smooth, window: this.smoothWindow,
+      }));
     } catch (err) {
       if (err.status === 404 && !this.follow) {
         this.follow = true; // the step vanished (run deleted and re-ingested): go to the latest
@@ -253,14 +322,17 @@ export class RunView {
     this.steps = data.steps;
     this.step = data.step;
     this.renderShell(data);
-    if (!data.groups.length) return;
+    this.pruneGroups(data.groups.map((g) => g.name));
+    if (!data.groups.length) return overview.all;
     // the dotted line at the shown step is part of the first drawing (no second render)
     data.loss.layout.shapes = [stepLine(this.step)];
     for (const group of data.groups) group.figures.eigvals.layout.shapes = [stepLine(this.step)];
     await Promise.all([
       this.drawFigures(data.groups),
       this.plot("loss", "run").then((el) => draw(el, data.loss, `${this.run}-loss`)),
+      overview.all,
     ]);
+    this.orderGroups(data.groups.map((g) => g.name));
     this.finish();
   }
 
@@ -293,7 +365,7 @@ export class RunView {
       this.toolbar = this.buildToolbar();
       this.body = h("div");
       this.lossEl = h("div", { class: "plot wide", "data-plot": "run:loss" });
-      this.shell = h("div", {}, this.title, this.metaEl, this.eventsEl, this.toolbar, this.body);
+      this.shell = h("div", {}, this.title, this.metaEl, this.eventsEl, this.toolbar, this.overview.element, this.body);
       this.root.replaceChildren(this.shell);
     }
     const summary = data.run;
@@ -306,7 +378,7 @@ export class RunView {
     this.metaEl.textContent =
       `${steps} · last update ${ago(summary.last_update)}${data.downsampled ? ` · over-step plots down-sampled to ${data.series_points} snapshots` : ""}` +
       (data.group_names && data.group_names.length > data.groups.length
-        ? ` · figures of the first ${data.groups.length} of ${data.group_names.length} parameter groups`
+        ? ` · figures of ${data.groups.length} of ${data.group_names.length} parameter groups (pick others in the overview)`
         : "");
     this.eventsEl.replaceChildren(...[eventsBanner(data.events)].filter(Boolean));
     if (!data.groups.length) {
@@ -339,10 +411,21 @@ export class RunView {
       onchange: (e) => { this.overlay = e.target.value; this.stepOnly.request().catch(reportError); } },
     ...[["none", "no overlay"], ["first", "overlay first"], ["latest", "overlay latest"], ["both", "overlay first + latest"]]
       .map(([v, t]) => h("option", { value: v }, t)));
+    // smoothing of the eigenvalue trajectories (figures over steps: a full reload)
+    const smooth = h("select", { "aria-label": "smooth trajectories", "data-testid": "smooth",
+      onchange: (e) => { this.smooth = e.target.value; this.full.request().catch(reportError); } },
+    ...[["none", "raw"], ["median", "moving median"], ["ema", "EMA"]].map(([v, t]) => h("option", { value: v }, t)));
+    const smoothWindow = h("input", { type: "number", min: 2, max: 101, value: this.smoothWindow,
+      "aria-label": "smoothing window (snapshots)", "data-testid": "smooth-window", class: "narrow",
+      onchange: (e) => {
+        const n = Math.round(Number(e.target.value));
+        if (n >= 2 && n <= 101) { this.smoothWindow = n; this.full.request().catch(reportError); }
+      } });
     return h("div", { class: "toolbar" },
       this.playButton,
       h("label", {}, "Step", this.slider), this.stepLabel,
       h("label", {}, "Spectrum", mode), overlay,
+      h("label", {}, "Trajectories", smooth, smoothWindow),
       h("span", { class: "links" },
         h("a", { href: api.exportUrl(this.run, "csv"), "data-testid": "export-csv" }, "Export CSV"),
         h("a", { href: api.exportUrl(this.run, "json"), "data-testid": "export-json" }, "Export JSON")));

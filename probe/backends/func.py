@@ -39,7 +39,7 @@ from curvscope.probe.backends.site_factors import factor_of, site_pieces
 from curvscope.probe.backends.tracer import Site, SiteTracer
 from curvscope.probe.config import ViViTConfig
 from curvscope.probe.errors import BatchSizeMismatchError, CostError, UnsupportedLayerError
-from curvscope.probe.vivit.factors import Factor, ReducedFactor
+from curvscope.probe.vivit.factors import Factor, ReducedFactor, symmetric_gram
 from curvscope.probe.vivit.losses import check_func_loss, exact_classes, loss_factor, packed_bytes
 
 __all__ = ["MAX_GRAM_SIZE", "MAX_PACKED_BYTES", "FuncBackend"]
@@ -361,11 +361,15 @@ class FuncBackend(Backend):
                 if vs[i] is None:
                     vs[i] = g.new_empty(len(columns), *g.shape[1:])
                 vs[i][start : start + g.shape[0]] = g  # type: ignore[index]
-        vtgs = [None if v is None else v.new_zeros(len(columns), n) for v in vs]
+        # per-sample gradients of the samples subsample_grad picks (all by default)
+        grad_subset = self.config.grad_indices(n)
+        grad_samples = list(range(n)) if grad_subset is None else grad_subset
+        vtgs = [None if v is None else v.new_zeros(len(columns), len(grad_samples)) for v in vs]
         sums = [None if v is None else v.new_zeros(v.shape[1:]) for v in vs]
-        for start, grads in _chunks(
-            outputs, params, chunk, list(range(n)), lambda i: _on_rows(d, i)
-        ):
+        # the gradient-noise spectrum needs every pair of samples: the per-sample gradients
+        # are kept (N x P, as BackPACK's BatchGrad would hold them) only when it is asked for
+        kept: list[list[Tensor]] = [[] for _ in params]
+        for start, grads in _chunks(outputs, params, chunk, grad_samples, lambda i: _on_rows(d, i)):
             for i, g in enumerate(grads):
                 v = vs[i]
                 if g is None or v is None:
@@ -374,10 +378,16 @@ class FuncBackend(Backend):
                     v.flatten(start_dim=1) @ g.flatten(start_dim=1).T
                 )  # type: ignore[index]
                 sums[i] += g.sum(0)  # type: ignore[operator]
+                if self.config.gradient_spectrum:
+                    kept[i].append(g.flatten(start_dim=1))
+        if grad_subset is not None:  # the batch gradient from one more backward pass
+            batch = _batched_grad(outputs, params, d.unsqueeze(0))
+            sums = [None if g is None else g[0] for g in batch]
         out = {}
-        for p, v, vtg, total in zip(params, vs, vtgs, sums, strict=True):
+        for p, v, vtg, total, rows in zip(params, vs, vtgs, sums, kept, strict=True):
             if v is not None and vtg is not None and total is not None:
-                out[id(p)] = (p, ReducedFactor(v, vtg, total))
+                gram = symmetric_gram(torch.cat(rows)) if rows else None
+                out[id(p)] = (p, ReducedFactor(v, vtg, total, gram, grad_subset))
         return out  # parameters unused in this forward: no factor (zero)
 
 

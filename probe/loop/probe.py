@@ -81,7 +81,13 @@ from curvscope.probe.loop.measurement import HeldOut, InLoop
 from curvscope.probe.loop.reporting import Level, Reporter
 from curvscope.probe.loop.schedules import Schedule, as_schedule
 from curvscope.probe.loop.steps import StepNumbering, StepPredictor
-from curvscope.probe.loop.wire import Mode, encode_snapshot
+from curvscope.probe.loop.wire import (
+    Mode,
+    WireError,
+    encode_optimizer,
+    encode_snapshot,
+    learning_rates,
+)
 from curvscope.probe.precision import LOW_PRECISION, autocast_active, is_low_precision
 from curvscope.probe.snapshot import Snapshot
 from curvscope.probe.stream.spool import Spool
@@ -95,6 +101,7 @@ from curvscope.server.protocol import (
     MAX_RUN_NAME_LENGTH,
     RUN_NAME_PATTERN,
     EventMessage,
+    OptimizerPayload,
     SnapshotMessage,
 )
 
@@ -131,6 +138,12 @@ class Probe:
             another instance is refused (logged; this probe's messages stay in its spool:
             ``curvscope upload SPOOL --run NEW`` or ``--resume``). Steps the run already
             has with other numbers are kept as stored and reported (``step_conflict``).
+        optimizer: the training optimizer (``torch.optim.SGD``, ``Adam``, ..., or a wrapper
+            such as accelerate's): each snapshot then carries its learning rate (the
+            scheduler's current one), and for SGD its momentum
+            (:class:`~curvscope.server.protocol.OptimizerPayload`), read from the first
+            parameter group (a warning event says once when the groups' rates differ). The
+            dashboard draws the edge-of-stability threshold 2(1+β)/η from them.
 
     Raises:
         CurvscopeError: an unsupported layer or loss, a bad config, run name or batch.
@@ -152,6 +165,7 @@ class Probe:
         outputs: OutputsAdapter | None = None,
         transport_options: TransportOptions | None = None,
         resume: bool = False,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         if len(run) > MAX_RUN_NAME_LENGTH or not re.fullmatch(RUN_NAME_PATTERN, run):
             raise ConfigError(
@@ -160,6 +174,14 @@ class Probe:
             )
         if url is None and spool_dir is None:
             raise ConfigError("url=None is offline mode and needs a spool_dir to write to")
+        if optimizer is not None:
+            try:
+                learning_rates(optimizer)
+            except (AttributeError, KeyError, TypeError, ValueError) as err:
+                raise ConfigError(
+                    f"optimizer={type(optimizer).__name__!r} is not a torch optimizer with "
+                    f"param_groups holding an 'lr' ({err!r})"
+                ) from None
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module  # its forward runs inside the wrapper's
         self.model = model
@@ -169,6 +191,8 @@ class Probe:
         self.schedule = as_schedule(every)
         self.strict = strict
         self.outputs = outputs
+        self.optimizer = optimizer
+        self._optimizer_said: set[str] = set()  # the optimizer warnings given (once each)
         self.active = _rank() == 0
         """Whether this probe measures: ``False`` on ranks other than 0 of torch.distributed."""
         self._closed = not self.active
@@ -534,8 +558,36 @@ class Probe:
             user_step=None if self._user_step == step else self._user_step,
             instance=self.instance,
             resume=self.resume,
+            optimizer=self._optimizer_state(step),
         )
         self._sink.submit(message)
+
+    def _optimizer_state(self, step: int) -> OptimizerPayload | None:
+        """The optimizer's state for this step's snapshot (``None`` without an optimizer, or
+        when it cannot travel: said once, the snapshot goes without it)."""
+        if self.optimizer is None:
+            return None
+        try:
+            rates = learning_rates(self.optimizer)
+            state = encode_optimizer(self.optimizer)
+        except (WireError, KeyError, TypeError, ValueError) as err:
+            self._say_once(step, "state", f"the optimizer's state is not recorded: {err}")
+            return None
+        if len(set(rates)) > 1:
+            shown = ", ".join(f"{r:g}" for r in rates[:8]) + (", ..." if len(rates) > 8 else "")
+            self._say_once(
+                step,
+                "groups",
+                f"the optimizer's parameter groups have different learning rates ({shown}): "
+                f"snapshots record the first group's (lr={rates[0]:g}), and the dashboard's "
+                "stability threshold is that group's",
+            )
+        return state
+
+    def _say_once(self, step: int, what: str, text: str) -> None:
+        if what not in self._optimizer_said:
+            self._optimizer_said.add(what)
+            self._report(step, "warning", text)
 
     def _unscaled(self, step: int) -> float | None:
         """``s`` of the backpropagated ``s·loss`` (said once); ``None``: no snapshot."""

@@ -12,6 +12,7 @@ import math
 import time
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from curvscope.probe.config import ViViTConfig
@@ -22,10 +23,19 @@ from curvscope.server.protocol import (
     EventMessage,
     GroupPayload,
     HessianDensity,
+    OptimizerPayload,
     SnapshotMessage,
 )
 
-__all__ = ["Mode", "WireError", "encode_event", "encode_snapshot"]
+__all__ = [
+    "Mode",
+    "WireError",
+    "encode_event",
+    "encode_optimizer",
+    "encode_snapshot",
+    "learning_rates",
+    "unwrap_optimizer",
+]
 
 Mode = Literal["in-loop", "held-out", "function"]
 """How the snapshot's batch was chosen (the wire's ``ConfigPayload.mode``)."""
@@ -73,7 +83,19 @@ def _group(group: GroupSpectrum, per_sample: bool) -> GroupPayload:
         gammas=_rows(group.gammas, f"{where}: gammas") if per_sample else None,
         lambdas=_rows(group.lambdas, f"{where}: lambdas") if per_sample else None,
         **_hessian(group, where),
+        **_noise(group, where),
+        **_trust(group, where),
     )
+
+
+def _noise(group: GroupSpectrum, where: str) -> dict[str, object]:
+    """The group's gradient-noise spectrum on the wire (none where it was not computed)."""
+    out: dict[str, object] = {}
+    for field in ("gradient_eigvals", "gradient_moment_eigvals"):
+        values = getattr(group, field)
+        if values is not None:
+            out[field] = _floats(values, f"{where}: {field}")
+    return out
 
 
 def _hessian(group: GroupSpectrum, where: str) -> dict[str, object]:
@@ -94,6 +116,76 @@ def _hessian(group: GroupSpectrum, where: str) -> dict[str, object]:
     return out
 
 
+def _trust(group: GroupSpectrum, where: str) -> dict[str, object]:
+    """The group's step-trust fields on the wire (none where it was not computed); an
+    infinite damping (no trusted step along ``e_k``) travels as ``null``."""
+    out: dict[str, object] = {}
+    if group.trust_damping is not None:
+        damping = group.trust_damping.detach().double().cpu().reshape(-1)
+        finite = _floats(torch.where(damping.isinf(), 0.0, damping), f"{where}: trust_damping")
+        out["trust_damping"] = [
+            None if inf else value
+            for inf, value in zip(damping.isinf().tolist(), finite, strict=True)
+        ]
+    if group.trust_bound is not None:
+        out["trust_bound"] = _floats(group.trust_bound, f"{where}: trust_bound")
+    if group.newton_reduction is not None:
+        if not math.isfinite(group.newton_reduction):
+            raise WireError(f"{where}: newton_reduction is {group.newton_reduction}")
+        out["newton_reduction"] = float(group.newton_reduction)
+    return out
+
+
+def unwrap_optimizer(optimizer: object) -> object:
+    """The torch optimizer inside a wrapper: accelerate's ``AcceleratedOptimizer``
+    (``.optimizer``), Lightning's ``LightningOptimizer`` (``._optimizer``), ... (a plain
+    optimizer is returned as it is)."""
+    for _ in range(8):  # a few levels of wrapping at most
+        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer):
+            return optimizer
+        optimizer = inner
+    return optimizer
+
+
+def learning_rates(optimizer: object) -> list[float]:
+    """The learning rate of each of the optimizer's parameter groups (``[G]``)."""
+    groups = unwrap_optimizer(optimizer).param_groups  # type: ignore[attr-defined]
+    return [float(group["lr"]) for group in groups]
+
+
+def encode_optimizer(optimizer: object) -> OptimizerPayload:
+    """The wire form of the optimizer's current state (:class:`OptimizerPayload`): its class
+    name and its first parameter group's learning rate (a scheduler's current one) and, for
+    SGD, momentum β, dampening and Nesterov. Every optimizer but ``torch.optim.SGD`` (and
+    its subclasses) counts as ``adaptive``: the GD stability threshold 2/η is known for
+    SGD's update only.
+
+    Raises:
+        WireError: the learning rate is negative or not finite.
+    """
+    inner = unwrap_optimizer(optimizer)
+    groups = getattr(inner, "param_groups", None)
+    if not groups:
+        raise WireError(f"the optimizer {type(inner).__name__} has no parameter groups")
+    first = groups[0]
+    lr = float(first["lr"])
+    if not math.isfinite(lr) or lr < 0:
+        raise WireError(f"the optimizer's learning rate is {lr}: not a finite number >= 0")
+    sgd = isinstance(inner, torch.optim.SGD)
+    try:
+        return OptimizerPayload(
+            name=type(inner).__name__[:128],
+            lr=lr,
+            momentum=float(first.get("momentum", 0.0)) if sgd else None,
+            dampening=float(first.get("dampening", 0.0)) if sgd else 0.0,
+            nesterov=bool(first.get("nesterov", False)) if sgd else False,
+            adaptive=not sgd,
+        )
+    except ValueError as err:  # pydantic.ValidationError is a ValueError
+        raise WireError(f"the optimizer's state cannot travel: {err}") from err
+
+
 def encode_snapshot(
     snapshot: Snapshot,
     *,
@@ -106,6 +198,7 @@ def encode_snapshot(
     user_step: int | None = None,
     instance: str | None = None,
     resume: bool = False,
+    optimizer: OptimizerPayload | None = None,
 ) -> SnapshotMessage:
     """The wire message of one snapshot.
 
@@ -120,6 +213,7 @@ def encode_snapshot(
         user_step: the training loop's own step number, where it differs from ``step``.
         instance, resume: the probe instance sending it, and whether it continues a run
             another instance started (:attr:`SnapshotMessage.resume`).
+        optimizer: the optimizer's state at this step (:func:`encode_optimizer`), if known.
 
     Raises:
         WireError: a non-finite number, or a value the protocol refuses (bad run name,
@@ -141,6 +235,7 @@ def encode_snapshot(
             batch_size=snapshot.batch_size,
             config=ConfigPayload(**config.to_wire(), mode=mode, backend=snapshot.backend),
             groups=groups,
+            optimizer=optimizer,
         )
     except ValueError as err:  # pydantic.ValidationError is a ValueError
         raise WireError(f"snapshot of run {run!r} at step {step} is not valid: {err}") from err

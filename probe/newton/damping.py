@@ -117,13 +117,23 @@ class BootstrapDamping:
 
     def __call__(self, gammas: Tensor, lambdas: Tensor) -> Tensor:
         """Choose ``δ [..., K]`` from ``gammas [..., N, K]`` and ``lambdas [..., N', K]``."""
+        return self.choose(gammas, lambdas)[0]
+
+    def choose(self, gammas: Tensor, lambdas: Tensor) -> tuple[Tensor, Tensor]:
+        """``(δ, bound)``, both ``[..., K]``: the damping, and the largest ``quantile`` bound
+        on the loss reduction over the grid.
+
+        Where ``bound >= 0`` it is the bound of the chosen ``δ_k``; where ``bound < 0`` no
+        candidate has a non-negative bound and ``δ_k = inf``. Draws as :meth:`__call__`.
+        """
         if gammas.shape[-1] != lambdas.shape[-1]:
             raise ValueError(
                 f"gammas {tuple(gammas.shape)} and lambdas {tuple(lambdas.shape)} "
                 "differ in their number of directions"
             )
         if gammas.shape[-1] == 0:
-            return gammas.new_zeros((*gammas.shape[:-2], 0))
+            empty = gammas.new_zeros((*gammas.shape[:-2], 0))
+            return empty, empty.clone()
         dtype = torch.promote_types(gammas.dtype, lambdas.dtype)
         grid = self.grid.to(dtype=dtype, device=gammas.device)[:, None]  # [G, 1]
         gam_step = self._resampled_mean(gammas)[..., None, :]  # [..., B, 1, K]
@@ -140,7 +150,7 @@ class BootstrapDamping:
         best = torch.where(bound >= 0, bound, -math.inf).argmax(dim=-2)  # first on ties
         delta = grid[:, 0][best]
         none = ~(bound >= 0).any(dim=-2)
-        return torch.where(none, math.inf, delta)
+        return torch.where(none, math.inf, delta), bound.amax(dim=-2)
 
     def _resampled_mean(self, samples: Tensor) -> Tensor:
         """Means of ``B`` bootstrap resamples: ``[..., N, K]`` -> ``[..., B, K]``."""

@@ -9,21 +9,34 @@ from __future__ import annotations
 
 from torch import Tensor
 
-__all__ = ["directional_curvatures", "directional_gradients", "eigvec_coefficients"]
+__all__ = [
+    "batch_directional_gradients",
+    "directional_curvatures",
+    "directional_gradients",
+    "eigvec_coefficients",
+]
 
 
-def directional_gradients(vt_grads: Tensor, eigvals: Tensor, eigvecs: Tensor) -> Tensor:
+def directional_gradients(
+    vt_grads: Tensor, eigvals: Tensor, eigvecs: Tensor, batch_size: int | None = None
+) -> Tensor:
     """``γ_nk = N · e_kᵀ g_n = N · ẽ_kᵀ (Vᵀ g_n) / √λ_k``.
 
     Args:
-        vt_grads: ``[R, N]``, ``Vᵀ g_n`` for every sample n of the batch.
+        vt_grads: ``[R, N_g]``, ``Vᵀ g_n`` for every sample n of the batch (or of a subset).
         eigvals: ``[K]``; eigvecs: ``[R, K]`` (Gram eigenpairs).
+        batch_size: N (default ``N_g``: the columns are the whole batch).
 
     Returns:
-        ``[N, K]``; ``mean_n γ_nk = e_kᵀ g``.
+        ``[N_g, K]``; over the whole batch, ``mean_n γ_nk = e_kᵀ g``.
     """
-    n = vt_grads.shape[1]
+    n = vt_grads.shape[1] if batch_size is None else batch_size
     return n * (vt_grads.T @ eigvecs) / eigvals.sqrt()
+
+
+def batch_directional_gradients(vt_grad: Tensor, eigvals: Tensor, eigvecs: Tensor) -> Tensor:
+    """``γ_k = e_kᵀ g = ẽ_kᵀ (Vᵀ g) / √λ_k`` from ``Vᵀ g`` ``[R]`` (batch gradient): ``[K]``."""
+    return (vt_grad @ eigvecs) / eigvals.sqrt()
 
 
 def directional_curvatures(eigvals: Tensor, eigvecs: Tensor, num_factors: int) -> Tensor:

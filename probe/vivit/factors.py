@@ -5,9 +5,15 @@ the rows ``V_p`` (``P x R``, ``R = C·M`` columns, column ``r = c·M + m`` for f
 of curvature sample ``m``) and of the per-sample gradients ``g_{n,p}`` (``n = 1..N``):
 
 - :meth:`gram`: ``V_pᵀ V_p``, shape ``[R, R]`` (this parameter's Gram contribution);
-- :meth:`vt_grads`: ``V_pᵀ [g_1 … g_N]``, shape ``[R, N]``;
+- :meth:`vt_grads`: ``V_pᵀ [g_1 … g_N]``, shape ``[R, N]`` (or of the samples of a subset);
+- :meth:`vt_grad`: ``V_pᵀ g`` for the batch gradient ``g = Σ_n g_n``, shape ``[R]``;
 - :meth:`grad`: the batch gradient ``g_p = Σ_n g_{n,p}``, shaped like ``p``;
-- :meth:`lift`: ``V_p C`` for coefficients ``C`` of shape ``[R, K]``, shape ``[K, *p.shape]``.
+- :meth:`lift`: ``V_p C`` for coefficients ``C`` of shape ``[R, K]``, shape ``[K, *p.shape]``;
+- :meth:`grad_gram`: ``[g_1 … g_N]ᵀ [g_1 … g_N]``, shape ``[N, N]`` (this parameter's part of
+  the per-sample gradients' Gram matrix, for the gradient-noise spectrum; or of a subset).
+
+The per-sample methods take ``subset``, the batch indices of the ``N_g`` samples the
+per-sample gradients are wanted for (``ViViTConfig(subsample_grad=...)``; ``None``: all N).
 
 Two forms exist. :class:`ExpandedFactor` stores ``V_p`` and the per-sample gradients as
 dense tensors (BackPACK's ``SqrtGGN*`` and ``BatchGrad`` layouts): it works for every
@@ -77,8 +83,12 @@ class Factor(ABC):
         """``V_pᵀ V_p``, shape ``[R, R]``."""
 
     @abstractmethod
-    def vt_grads(self) -> Tensor:
-        """``V_pᵀ g_n`` for every sample of the batch, shape ``[R, N]``."""
+    def vt_grads(self, subset: list[int] | None = None) -> Tensor:
+        """``V_pᵀ g_n`` for every sample of the batch, ``[R, N]`` (of ``subset``: ``[R, N_g]``)."""
+
+    @abstractmethod
+    def vt_grad(self) -> Tensor:
+        """``V_pᵀ g`` for the batch gradient ``g = Σ_n g_n``, shape ``[R]``."""
 
     @abstractmethod
     def grad(self) -> Tensor:
@@ -87,6 +97,10 @@ class Factor(ABC):
     @abstractmethod
     def lift(self, coeffs: Tensor) -> Tensor:
         """``V_p @ coeffs`` for ``coeffs`` of shape ``[R, K]``; returns ``[K, *shape]``."""
+
+    @abstractmethod
+    def grad_gram(self, subset: list[int] | None = None) -> Tensor:
+        """``g_{n,p}ᵀ g_{n',p}`` for every pair of samples (of ``subset``), ``[N, N]``."""
 
 
 class ExpandedFactor(Factor):
@@ -105,8 +119,14 @@ class ExpandedFactor(Factor):
     def gram(self) -> Tensor:
         return symmetric_gram(self._v)
 
-    def vt_grads(self) -> Tensor:
-        return self._v @ self._g.T
+    def _per_sample(self, subset: list[int] | None) -> Tensor:
+        return self._g if subset is None else self._g[subset]
+
+    def vt_grads(self, subset: list[int] | None = None) -> Tensor:
+        return self._v @ self._per_sample(subset).T
+
+    def vt_grad(self) -> Tensor:
+        return self._v @ self._g.sum(0)
 
     def grad(self) -> Tensor:
         return self._g.sum(0).reshape(self.shape)
@@ -114,34 +134,69 @@ class ExpandedFactor(Factor):
     def lift(self, coeffs: Tensor) -> Tensor:
         return (coeffs.T @ self._v).reshape(-1, *self.shape)
 
+    def grad_gram(self, subset: list[int] | None = None) -> Tensor:
+        return symmetric_gram(self._per_sample(subset))
+
 
 class ReducedFactor(Factor):
     """Dense rows of ``V`` with ``Vᵀ g_n`` and ``g`` already reduced.
 
     For the ``func`` backend's generic path: the per-sample gradients arrive in chunks and
-    are folded into ``Vᵀ g_n`` as they come, never stored for all samples at once.
+    are folded into ``Vᵀ g_n`` (and, when asked for, their Gram matrix) as they come,
+    never stored for all samples at once. They are computed for one set of samples only
+    (``subset``), so the per-sample methods must be asked for that same set.
 
     Args:
-        v: ``[R, *shape]`` the factor's columns; vt_grads: ``[R, N]``; grad: ``shape``.
+        v: ``[R, *shape]`` the factor's columns; vt_grads: ``[R, N_g]``; grad: ``shape``,
+            the batch gradient;
+        grad_gram: ``[N_g, N_g]`` the per-sample gradients' Gram matrix, or ``None`` (not
+            computed: :meth:`grad_gram` raises);
+        subset: the ``N_g`` samples of ``vt_grads`` and ``grad_gram`` (``None``: all).
     """
 
-    def __init__(self, v: Tensor, vt_grads: Tensor, grad: Tensor) -> None:
+    def __init__(
+        self,
+        v: Tensor,
+        vt_grads: Tensor,
+        grad: Tensor,
+        grad_gram: Tensor | None = None,
+        subset: list[int] | None = None,
+    ) -> None:
         self.shape = grad.shape
         self._v = v.reshape(v.shape[0], -1)
         self._vtg = vt_grads
         self._grad = grad
+        self._grad_gram = grad_gram
+        self._subset = subset
+
+    def _check(self, subset: list[int] | None) -> None:
+        if subset != self._subset:
+            raise RuntimeError(
+                f"this factor holds the per-sample gradients of samples {self._subset}, "
+                f"not {subset}"
+            )
 
     def gram(self) -> Tensor:
         return symmetric_gram(self._v)
 
-    def vt_grads(self) -> Tensor:
+    def vt_grads(self, subset: list[int] | None = None) -> Tensor:
+        self._check(subset)
         return self._vtg
+
+    def vt_grad(self) -> Tensor:
+        return self._v @ self._grad.reshape(-1)
 
     def grad(self) -> Tensor:
         return self._grad
 
     def lift(self, coeffs: Tensor) -> Tensor:
         return (coeffs.T @ self._v).reshape(-1, *self.shape)
+
+    def grad_gram(self, subset: list[int] | None = None) -> Tensor:
+        self._check(subset)
+        if self._grad_gram is None:
+            raise RuntimeError("this factor was built without the per-sample gradients' Gram")
+        return self._grad_gram
 
 
 def symmetric_gram(v: Tensor) -> Tensor:
@@ -210,13 +265,21 @@ class OuterProductFactor(Factor):
         """Repeat ``[M, ...]`` rows so that row ``c·M + m`` holds sample m's row."""
         return mat.repeat(self._c, *([1] * (mat.dim() - 1)))
 
-    def _pairs(self, left: Tensor, right: Tensor, a_left: Tensor, a_right: Tensor) -> Tensor:
+    def _pairs(
+        self,
+        left: Tensor,
+        right: Tensor,
+        a_left: Tensor,
+        a_right: Tensor,
+        factors: tuple[int, int] | None = None,
+    ) -> Tensor:
         """``out[x, y] = Σ_{g,t,u} (l_{x,t,g}·r_{y,u,g}) (a_{m(x),t,g}·b_{y',u,g})``.
 
         ``l = left``: ``[C·M, T, G, O]`` factor columns (sample ``m(x) = x mod M``) with
         inputs ``a = a_left`` ``[M, T, G, I]``; ``r = right``: ``[Y, T, G, O]`` with inputs
         ``b = a_right`` ``[Y', T, G, I]``, ``Y = C'·Y'``, ``y' = y mod Y'`` (tiled like the
-        left side). Returns ``[C·M, Y]``.
+        left side). Returns ``[C·M, Y]``. ``factors``: ``(C, M)`` of the left side when it
+        is not the factor's own (``(1, N)`` for the per-sample gradients).
 
         Evaluation order: the input products ``a·b`` (``[Y', M, T, T]``) are contracted
         with ``r`` first (``M·Y·T²·O``, a batched product over ``y'``), then with ``l``
@@ -224,7 +287,7 @@ class OuterProductFactor(Factor):
         ``C·M·Y·T²·O``, C times more. Chunked over samples and positions so that no
         intermediate exceeds :data:`CHUNK_ELEMENTS` (at least one position's worth).
         """
-        c, m = self._c, self._m
+        c, m = (self._c, self._m) if factors is None else factors
         y, t, groups, o = right.shape
         yp = a_right.shape[0]
         cy = y // yp
@@ -259,13 +322,47 @@ class OuterProductFactor(Factor):
             return (s0 @ s0.T) * (a0 @ a0.T).repeat(self._c, self._c)
         return self._pairs(s, s, a, a)
 
-    def vt_grads(self) -> Tensor:
-        s, g, a, a_curv = self._s, self._g, self._a, self._curv_inputs()
+    def _samples(self, subset: list[int] | None) -> tuple[Tensor, Tensor | None]:
+        """Gradients ``[N_g, T, G, O]`` and inputs of the samples ``subset`` (``None``: all)."""
+        if subset is None:
+            return self._g, self._a
+        return self._g[subset], None if self._a is None else self._a[subset]
+
+    def vt_grads(self, subset: list[int] | None = None) -> Tensor:
+        s, a_curv = self._s, self._curv_inputs()
+        g, a = self._samples(subset)
         if a is None or a_curv is None:
             return s.sum(1).flatten(start_dim=1) @ g.sum(1).flatten(start_dim=1).T
         if s.shape[1] == 1 and s.shape[2] == 1:
             return (s[:, 0, 0] @ g[:, 0, 0].T) * self._tile(a_curv[:, 0, 0] @ a[:, 0, 0].T)
         return self._pairs(s, g, a_curv, a)
+
+    def vt_grad(self) -> Tensor:
+        s, a_curv = self._s, self._curv_inputs()
+        if a_curv is None:  # bias: v_rᵀ g = (Σ_t s_{r,t})ᵀ (Σ_{n,t} g_{n,t})
+            return s.sum(1).flatten(start_dim=1) @ self._g.sum((0, 1)).flatten()
+        # v_rᵀ g = Σ_t s_{r,t}ᵀ W_g a_{m(r),t} with W_g the batch gradient, per group
+        w = torch.einsum("ntgo,ntgi->goi", self._g, self._a)
+        c, m = self._c, self._m
+        s = s.reshape(c, m, *s.shape[1:])  # [C, M, T, G, O]
+        out = s.new_empty(c, m)
+        step = max(1, CHUNK_ELEMENTS // max(1, c * a_curv[0].numel()))  # samples per chunk
+        for m0 in range(0, m, step):
+            ms = slice(m0, m0 + step)
+            sw = torch.einsum("cmtgo,goi->cmtgi", s[:, ms], w)
+            out[:, ms] = (sw * a_curv[ms]).sum((2, 3, 4))
+        return out.reshape(c * m)
+
+    def grad_gram(self, subset: list[int] | None = None) -> Tensor:
+        # g_n = Σ_t g_{n,t} a_{n,t}ᵀ: the same pairs as the Gram, with the gradients as columns
+        g, a = self._samples(subset)
+        if a is None:
+            g_sum = g.sum(1).flatten(start_dim=1)
+            return g_sum @ g_sum.T
+        if g.shape[1] == 1 and g.shape[2] == 1:
+            g0, a0 = g[:, 0, 0], a[:, 0, 0]
+            return (g0 @ g0.T) * (a0 @ a0.T)
+        return self._pairs(g, g, a, a, factors=(1, g.shape[0]))
 
     def grad(self) -> Tensor:
         if self._a is None:

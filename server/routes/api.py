@@ -214,11 +214,23 @@ CSV_COLUMNS = (
     "snr_lambda",
     "grad_overlap",
     "backend",
+    "gradient_eigval",
+    "gradient_moment_eigval",
+    "trust_damping",
+    "trust_bound",
+    "newton_reduction",
 )
 """CSV export: one row per (snapshot, group, direction k < K); the statistics columns are
 empty for directions without statistics (beyond ``top_k``, or not selected). ``backend``
-is the snapshot's ``config.backend`` (last, so that the earlier columns keep their
-positions). Per-sample matrices are JSON-only."""
+is the snapshot's ``config.backend`` (after the first columns, so that those keep their
+positions). ``gradient_eigval`` and ``gradient_moment_eigval`` are the k-th largest
+eigenvalues of the gradient-noise covariance and second moment (runs with
+``gradient_spectrum=True``): a second spectrum indexed by the same k, not tied to GGN
+direction k; where it has more eigenvalues than the GGN, the extra rows leave the GGN
+columns empty. ``trust_damping`` and ``trust_bound`` (runs with ``step_trust=True``) are
+per statistics direction like ``gamma`` (an empty damping where the bound is negative: no
+trusted step), ``newton_reduction`` is the group's, repeated on its rows. Per-sample
+matrices are JSON-only."""
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -228,6 +240,11 @@ def _cell(text: str) -> str:
     """A text cell a spreadsheet shows as text: one starting like a formula (``=HYPERLINK``,
     ``+``, ``-``, ``@``) gets a leading apostrophe (OWASP's CSV injection advice)."""
     return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _blank(value: object) -> object:
+    """A CSV cell: ``None`` (a value the snapshot does not have) is empty."""
+    return "" if value is None else value
 
 
 def _csv_rows(records: Iterator[SnapshotRecord]) -> Iterator[str]:
@@ -243,13 +260,20 @@ def _csv_rows(records: Iterator[SnapshotRecord]) -> Iterator[str]:
             position = {
                 k: j for j, k in enumerate(range(len(group["gamma"])) if chosen is None else chosen)
             }
-            for k, eigval in enumerate(group["eigvals"]):
+            eigvals = group["eigvals"]
+            noise = group.get("gradient_eigvals") or []
+            moment = group.get("gradient_moment_eigvals") or []
+            for k in range(max(len(eigvals), len(noise), len(moment))):
                 j = position.get(k)
                 stats = (
                     [group[f][j] for f in ("gamma", "snr_gamma", "snr_lambda", "grad_overlap")]
                     if j is not None
                     else ["", "", "", ""]
                 )
+                trust = [
+                    "" if j is None or group.get(f) is None or group[f][j] is None else group[f][j]
+                    for f in ("trust_damping", "trust_bound")
+                ]
                 writer.writerow(
                     [
                         *head,
@@ -258,9 +282,13 @@ def _csv_rows(records: Iterator[SnapshotRecord]) -> Iterator[str]:
                         group["num_params"],
                         group["grad_norm_sq"],
                         k,
-                        eigval,
+                        eigvals[k] if k < len(eigvals) else "",
                         *stats,
                         backend,
+                        noise[k] if k < len(noise) else "",
+                        moment[k] if k < len(moment) else "",
+                        *trust,
+                        _blank(group.get("newton_reduction")),
                     ]
                 )
         yield buffer.getvalue()

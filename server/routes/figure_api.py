@@ -9,6 +9,7 @@ always kept), so a run of 1,000 snapshots loads as fast as one of 200.
 - ``GET /api/runs/{run}/figures``: everything the run view shows at one step.
 - ``GET /api/runs/{run}/figures/step``: only the per-step figures (for the step slider).
 - ``GET /api/compare/figures?runs=a&runs=b``: several runs overlaid.
+- ``GET /api/runs/{run}/overview``: one heatmap (group x step) of a per-group summary.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 
 from curvscope.server.auth import require_read
 from curvscope.server.executors import reading
-from curvscope.server.figures import DensityMode, Overlay
+from curvscope.server.figures import DEFAULT_SMOOTH_WINDOW, DensityMode, Overlay, Smoothing
+from curvscope.server.overview import QuantityKey, overview_view_data
 from curvscope.server.params import (
     RunPath,
     StepQuery,
@@ -51,6 +53,12 @@ MaxPoints = Annotated[
 Mode = Annotated[DensityMode, Query(description="density (per decade) or count")]
 OverlayQuery = Annotated[Overlay, Query(description="overlay the first/latest density")]
 Top = Annotated[int, Query(ge=1, le=50, description="eigenvalue trajectories shown")]
+SmoothQuery = Annotated[
+    Smoothing, Query(description="smooth the eigenvalue trajectories: none, median or ema")
+]
+WindowQuery = Annotated[
+    int, Query(ge=2, le=101, description="snapshots per smoothing window (median, ema)")
+]
 GroupsQuery = Annotated[
     list[str] | None, Query(description="Parameter groups to draw (repeatable; default: all)")
 ]
@@ -111,6 +119,8 @@ async def run_figures(
     max_points: MaxPoints = DEFAULT_MAX_POINTS,
     top: Top = 8,
     group: GroupsQuery = None,
+    smooth: SmoothQuery = "none",
+    window: WindowQuery = DEFAULT_SMOOTH_WINDOW,
 ) -> Response:
     """Every figure of the run view at ``step``, as Plotly figure JSON (the groups asked
     for, or the first ``max_figure_groups``; ``group_names`` lists them all)."""
@@ -129,6 +139,8 @@ async def run_figures(
         live_window_s=app_settings(request).live_window_s,
         groups=group,
         max_groups=app_settings(request).max_figure_groups,
+        smooth=smooth,
+        window=window,
     )
 
 
@@ -154,6 +166,30 @@ async def step_figures(
         overlay,
         group,
         app_settings(request).max_figure_groups,
+    )
+
+
+@router.get("/runs/{run}/overview", responses={404: {"description": "No such run"}})
+async def run_overview(
+    request: Request,
+    run: RunPath,
+    quantity: Annotated[
+        QuantityKey, Query(description="Summary coloured: lam_max, trace, effective_rank, ...")
+    ] = "lam_max",
+    max_points: MaxPoints = DEFAULT_MAX_POINTS,
+) -> Response:
+    """The run overview: a heatmap (parameter group x step, model order) of one per-group
+    summary computed at ingest, with ``group_names`` (its rows) and ``steps`` (its columns,
+    down-sampled to ``max_points``, the first and latest kept)."""
+    check_max_points(request, max_points)
+    return await _respond(
+        request,
+        [run],
+        overview_view_data,
+        app_store(request),
+        run,
+        quantity=quantity,
+        max_points=max_points,
     )
 
 

@@ -13,13 +13,15 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from curvscope.server.protocol import EventMessage, SnapshotMessage
+from curvscope.server.summaries import SUMMARY_VERSION, snapshot_summary
 
 __all__ = [
+    "LIGHT_TOP",
     "EventRecord",
     "LightSnapshot",
     "RunSummary",
@@ -28,13 +30,17 @@ __all__ = [
     "StepConflict",
     "Store",
     "StoreError",
+    "SummaryRow",
     "downsample_indices",
     "json_head",
+    "light_from_json",
+    "light_json",
     "light_series_from_rows",
     "light_snapshot",
     "redact_url",
     "same_payload",
     "snapshot_payload_json",
+    "summary_json",
 ]
 
 
@@ -158,16 +164,21 @@ class EventRecord:
 
 LightSnapshot = dict[str, Any]
 """Step, loss and the top eigenvalues of one snapshot, for the plots over steps:
-``{"step": int, "loss": float, "groups": [{"name": str, "eigvals": [<= top floats]}]}``."""
+``{"step": int, "loss": float, "groups": [{"name": str, "eigvals": [<= top floats]}]}``,
+plus ``"optimizer"`` (the snapshot's :class:`~curvscope.server.protocol.OptimizerPayload`
+as a dict) where the snapshot has one."""
 
 
 def light_snapshot(snapshot: dict[str, Any], top: int) -> LightSnapshot:
     """The light form of a snapshot in its REST JSON shape (see :data:`LightSnapshot`)."""
-    return {
+    light: LightSnapshot = {
         "step": snapshot["step"],
         "loss": snapshot["loss"],
         "groups": [{"name": g["name"], "eigvals": g["eigvals"][:top]} for g in snapshot["groups"]],
     }
+    if snapshot.get("optimizer") is not None:
+        light["optimizer"] = snapshot["optimizer"]
+    return light
 
 
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@?#]*:)[^@/?#]*@")
@@ -185,28 +196,96 @@ def snapshot_payload_json(message: SnapshotMessage) -> str:
     return message.model_dump_json(exclude={"type", "schema_version", "resume"})
 
 
+LIGHT_TOP = 64
+"""Eigenvalues per group kept in a store's ``light`` column (the figure API asks for at most
+50): a backend reads that column for :meth:`Store.read_light_series` with ``top`` up to
+this, instead of parsing whole payloads."""
+
+
+def light_json(message: SnapshotMessage) -> str:
+    """The ``light`` column: ``[loss, [[name, "eigvals[:LIGHT_TOP]"], ...]]`` as JSON text,
+    with the optimizer's state (``SnapshotMessage.optimizer``) as a third entry where the
+    snapshot has one. Each group's eigenvalues are a JSON array *as a string*: a reader
+    parses only the ``top`` it needs (:func:`json_head`), not 64 per group (which took a
+    second for 200 snapshots of 60 groups). Python writes each float as the shortest text
+    that reads back as the same float, so what :func:`light_from_json` decodes equals the
+    payload's numbers."""
+    groups = [
+        [g.name, json.dumps(g.eigvals[:LIGHT_TOP], separators=(",", ":"))] for g in message.groups
+    ]
+    light: list[Any] = [message.loss, groups]
+    if message.optimizer is not None:
+        light.append(message.optimizer.model_dump())
+    return json.dumps(light, separators=(",", ":"))
+
+
+def light_from_json(
+    step: int, text: str, top: int, groups: Collection[str] | None = None
+) -> LightSnapshot:
+    """The :data:`LightSnapshot` at ``step`` from its ``light`` column (:func:`light_json`),
+    eigenvalues cut to ``top`` (at most :data:`LIGHT_TOP`), of the ``groups`` named (all
+    for ``None``). Eigenvalues stored as a plain array (PostgreSQL stores of schema 3) read
+    as well."""
+    loss, stored, *optimizer = json.loads(text)
+    named = [
+        {"name": name, "eigvals": json_head(e, top) if isinstance(e, str) else e[:top]}
+        for name, e in stored
+        if groups is None or name in groups
+    ]
+    light: LightSnapshot = {"step": step, "loss": loss, "groups": named}
+    if optimizer:
+        light["optimizer"] = optimizer[0]
+    return light
+
+
+def summary_json(payload_json: str) -> str:
+    """The stored summary of a snapshot (:func:`~curvscope.server.summaries.snapshot_summary`
+    of its stored payload), as compact JSON text."""
+    return json.dumps(snapshot_summary(json.loads(payload_json)), separators=(",", ":"))
+
+
+SummaryRow = tuple[int, str | None, int | None]
+"""``(step, summary JSON or None, summary version or None)``: a stored summary as a backend
+reads it; ``None`` or a version other than :data:`SUMMARY_VERSION` means not (yet) stored."""
+
+
 def json_head(array_text: str, top: int) -> list[float]:
     """The first ``top`` numbers of a JSON array of numbers, parsing only those.
 
     SQL JSON functions hand back the array with each number's original text, so this is exact
     (re-encoding through SQL REAL values would round to 15 digits).
     """
-    inner = array_text.strip()[1:-1]
-    if not inner.strip():
-        return []
-    return [float(v) for v in inner.split(",", top)[:top]]
+    head: list[float] = []
+    start = array_text.index("[") + 1
+    while len(head) < top:  # the long tail is never copied: only the first numbers are cut
+        comma = array_text.find(",", start)
+        if comma < 0:
+            last = array_text[start : array_text.rindex("]")]
+            if last.strip():
+                head.append(float(last))
+            break
+        head.append(float(array_text[start:comma]))
+        start = comma + 1
+    return head
 
 
-def light_series_from_rows(rows: Iterable[Sequence[Any]], top: int) -> list[LightSnapshot]:
-    """:data:`LightSnapshot` entries from SQL rows ``(step, loss, name JSON, eigvals JSON)``
-    in step order, one row per group (a snapshot without groups: one row of NULLs)."""
+def light_series_from_rows(
+    rows: Iterable[Sequence[Any]], top: int, groups: Collection[str] | None = None
+) -> list[LightSnapshot]:
+    """:data:`LightSnapshot` entries from SQL rows ``(step, loss, name JSON, eigvals JSON,
+    optimizer JSON or NULL)`` in step order, one row per group (a snapshot without groups:
+    one row with NULL name and eigvals); of the ``groups`` named (all for ``None``)."""
     series: list[LightSnapshot] = []
-    for step, loss, name, eigvals in rows:
+    for step, loss, name, eigvals, optimizer in rows:
         if not series or series[-1]["step"] != step:
             series.append({"step": step, "loss": float(loss), "groups": []})
+            if optimizer is not None:
+                series[-1]["optimizer"] = json.loads(optimizer)
         if name is not None:
-            group = {"name": json.loads(name), "eigvals": json_head(eigvals, top)}
-            series[-1]["groups"].append(group)
+            name = json.loads(name)
+            if groups is None or name in groups:
+                group = {"name": name, "eigvals": json_head(eigvals, top)}
+                series[-1]["groups"].append(group)
     return series
 
 
@@ -288,8 +367,12 @@ class Store(abc.ABC):
     def _read_at(self, run: str, steps: list[int]) -> list[SnapshotRecord]:
         """The snapshots at ``steps`` (ascending, all stored), in step order."""
 
-    def read_light_series(self, run: str, steps: Sequence[int], top: int) -> list[LightSnapshot]:
-        """:data:`LightSnapshot` entries of the stored snapshots at ``steps``, in step order.
+    def read_light_series(
+        self, run: str, steps: Sequence[int], top: int, groups: Collection[str] | None = None
+    ) -> list[LightSnapshot]:
+        """:data:`LightSnapshot` entries of the stored snapshots at ``steps``, in step order,
+        with the eigenvalues of the ``groups`` named (all for ``None``: a page drawing one
+        group of 60 asks for that one).
 
         A stored snapshot of K = 1,000 directions is ~100 kB of JSON, of which the plots
         over steps need a few numbers; this default decodes each snapshot, and a backend
@@ -297,7 +380,46 @@ class Store(abc.ABC):
         :class:`SQLiteStore` does). Steps with no snapshot are skipped.
         """
         records = (self.read_snapshot(run, step) for step in sorted(set(steps)))
-        return [light_snapshot(r.to_dict(), top) for r in records if r is not None]
+        series = [light_snapshot(r.to_dict(), top) for r in records if r is not None]
+        if groups is not None:
+            for light in series:
+                light["groups"] = [g for g in light["groups"] if g["name"] in groups]
+        return series
+
+    def read_summaries(self, run: str, steps: Sequence[int]) -> list[dict[str, Any]]:
+        """The summaries (:func:`~curvscope.server.summaries.snapshot_summary`) of the stored
+        snapshots at ``steps``, in step order; steps with no snapshot are skipped. Pick the
+        steps as for :meth:`read_light_series` (down-sampled with :func:`downsample_indices`).
+
+        Summaries are computed at ingest and stored next to each snapshot. A snapshot
+        stored before (by an older server, or with an older :data:`SUMMARY_VERSION`) gets
+        its summary computed here from its payload and stored, once.
+        """
+        rows = self._summary_rows(run, sorted(set(steps)))
+        stale = [step for step, text, version in rows if text is None or version != SUMMARY_VERSION]
+        computed: dict[int, str] = {}
+        if stale:
+            computed = {r.step: summary_json(r.payload_json) for r in self._read_at(run, stale)}
+            self._save_summaries(run, computed)
+        out = []
+        for step, text, _ in rows:
+            text = computed.get(step, text)
+            if text is not None:  # None: deleted since the rows were read
+                out.append(json.loads(text))
+        return out
+
+    def _summary_rows(self, run: str, steps: list[int]) -> list[SummaryRow]:
+        """The stored summaries at ``steps`` (ascending), one row per stored snapshot. This
+        default stores none (every summary is computed from its payload); backends
+        override it and :meth:`_save_summaries`."""
+        wanted = set(steps)
+        return [(step, None, None) for step in self._steps(run) if step in wanted]
+
+    def _save_summaries(self, run: str, summaries: dict[int, str]) -> None:
+        """Store summaries computed on read (``step -> JSON``, at :data:`SUMMARY_VERSION`)
+        for rows that still have none (or an older version); best effort. This default
+        stores nothing."""
+        return None
 
     @abc.abstractmethod
     def iter_snapshots(self, run: str) -> Iterator[SnapshotRecord]:

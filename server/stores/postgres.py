@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -47,6 +47,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from curvscope.server.protocol import EventMessage, SnapshotMessage
 from curvscope.server.stores.base import (
+    LIGHT_TOP,
     EventRecord,
     LightSnapshot,
     RunSummary,
@@ -55,12 +56,17 @@ from curvscope.server.stores.base import (
     StepConflict,
     Store,
     StoreError,
+    SummaryRow,
+    light_from_json,
+    light_json,
     light_series_from_rows,
     redact_url,
     same_payload,
     snapshot_payload_json,
+    summary_json,
 )
 from curvscope.server.stores.sqlite import _THIN_TEMPLATE
+from curvscope.server.summaries import SUMMARY_VERSION
 
 __all__ = ["CHANNEL", "LIGHT_TOP", "SCHEMA_VERSION", "PostgresStore"]
 
@@ -100,7 +106,13 @@ _SCHEMA_3 = (
     "CREATE INDEX events_by_run ON events (run, id)",
 )
 
-_MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [(3, _SCHEMA_3)]
+_SCHEMA_4 = (
+    # Per-group summaries computed at ingest (:mod:`curvscope.server.summaries`); rows
+    # stored before get theirs on first read (:meth:`Store.read_summaries`).
+    "ALTER TABLE snapshots ADD COLUMN summary TEXT, ADD COLUMN summary_version INTEGER",
+)
+
+_MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [(3, _SCHEMA_3), (4, _SCHEMA_4)]
 """``(version, statements)`` applied in order to a database below ``version``; version 3
 creates everything (see the module docstring). Append, never edit a released one."""
 
@@ -128,9 +140,6 @@ SELECT r.name, r.updated_at,
 FROM runs r
 """
 
-LIGHT_TOP = 64
-"""Eigenvalues per group kept in the ``light`` column (the figure API asks for at most 50);
-:meth:`PostgresStore.read_light_series` reads that column for ``top`` up to this."""
 
 # For a larger ``top``: the numbers are extracted from the payloads with the ``json`` type's
 # operators, which return each value's original text. MATERIALIZED: each payload is cast once.
@@ -139,7 +148,8 @@ WITH s AS MATERIALIZED (
     SELECT step, payload::json AS p FROM snapshots
     WHERE run = %s AND step = ANY(%s::bigint[])
 )
-SELECT s.step, (s.p -> 'loss')::text, (g.value -> 'name')::text, (g.value -> 'eigvals')::text
+SELECT s.step, (s.p -> 'loss')::text, (g.value -> 'name')::text, (g.value -> 'eigvals')::text,
+       (s.p -> 'optimizer')::text
 FROM s LEFT JOIN LATERAL json_array_elements(s.p -> 'groups') WITH ORDINALITY AS g(value, i)
     ON true
 ORDER BY s.step, g.i
@@ -150,14 +160,6 @@ _THIN_SQL = _THIN_TEMPLATE.replace("%", "%%").format(older_than="%s", keep_every
 _EVENT_COLUMNS = "id, run, step, wall_time, level, message, received_at"
 
 T = TypeVar("T")
-
-
-def _light_json(message: SnapshotMessage) -> str:
-    """The ``light`` column: ``[loss, [[name, eigvals[:LIGHT_TOP]], ...]]`` as JSON text.
-    Python writes each float as the shortest text that reads back as the same float, so
-    what :meth:`PostgresStore.read_light_series` decodes equals the payload's numbers."""
-    groups = [[g.name, g.eigvals[:LIGHT_TOP]] for g in message.groups]
-    return json.dumps([message.loss, groups], separators=(",", ":"))
 
 
 def _no_nul(text: str) -> str:
@@ -313,13 +315,23 @@ class PostgresStore(Store):
     # -- writes ----------------------------------------------------------------------------
     def append_snapshot(self, message: SnapshotMessage, received_at: float) -> bool:
         payload = snapshot_payload_json(message)
+        summary = _no_nul(summary_json(payload))
 
         def work(cur: psycopg.Cursor[Any]) -> bool:
             self._claim(cur, message, received_at)
             cur.execute(
-                "INSERT INTO snapshots (run, step, received_at, payload, light) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run, step) DO NOTHING",
-                (message.run, message.step, received_at, payload, _light_json(message)),
+                "INSERT INTO snapshots "
+                "(run, step, received_at, payload, light, summary, summary_version) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run, step) DO NOTHING",
+                (
+                    message.run,
+                    message.step,
+                    received_at,
+                    payload,
+                    light_json(message),
+                    summary,
+                    SUMMARY_VERSION,
+                ),
             )
             if cur.rowcount == 1:
                 cur.execute(
@@ -444,7 +456,9 @@ class PostgresStore(Store):
             ).fetchone()
         return None if row is None else SnapshotRecord(run, step, row[0], row[1])
 
-    def read_light_series(self, run: str, steps: Sequence[int], top: int) -> list[LightSnapshot]:
+    def read_light_series(
+        self, run: str, steps: Sequence[int], top: int, groups: Collection[str] | None = None
+    ) -> list[LightSnapshot]:
         """Reads the small ``light`` column written with each snapshot (for ``top`` up to
         :data:`LIGHT_TOP`), else extracts the numbers inside PostgreSQL: either way no
         payload travels to Python or is decoded there.
@@ -460,18 +474,38 @@ class PostgresStore(Store):
                     "WHERE run = %s AND step = ANY(%s::bigint[]) ORDER BY step",
                     (run, list(steps)),
                 ).fetchall()
-            series: list[LightSnapshot] = []
-            for step, light in rows:
-                loss, groups = json.loads(light)
-                named = [{"name": name, "eigvals": eigvals[:top]} for name, eigvals in groups]
-                series.append({"step": step, "loss": loss, "groups": named})
-            return series
+            return [light_from_json(step, light, top, groups) for step, light in rows]
         try:
             with self._connection() as conn:
                 rows = conn.execute(_LIGHT_SERIES_SQL, (run, list(steps))).fetchall()
         except pg_errors.UntranslatableCharacter:
-            return super().read_light_series(run, steps, top)
-        return light_series_from_rows(rows, top)
+            return super().read_light_series(run, steps, top, groups)
+        return light_series_from_rows(rows, top, groups)
+
+    def _summary_rows(self, run: str, steps: list[int]) -> list[SummaryRow]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT step, summary, summary_version FROM snapshots "
+                "WHERE run = %s AND step = ANY(%s::bigint[]) ORDER BY step",
+                (run, steps),
+            ).fetchall()
+        return [(step, text, version) for step, text, version in rows]
+
+    def _save_summaries(self, run: str, summaries: dict[int, str]) -> None:
+        rows = [
+            (_no_nul(text), SUMMARY_VERSION, run, step, SUMMARY_VERSION)
+            for step, text in summaries.items()
+        ]
+        try:
+            with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
+                cur.executemany(
+                    "UPDATE snapshots SET summary = %s, summary_version = %s "
+                    "WHERE run = %s AND step = %s "
+                    "AND (summary IS NULL OR summary_version IS DISTINCT FROM %s)",
+                    rows,
+                )
+        except psycopg.Error as exc:  # a read-only role, say: computed again next time
+            log.info("could not store %d summaries of run %r: %s", len(rows), run, exc)
 
     def iter_snapshots(self, run: str, batch: int = 256) -> Iterator[SnapshotRecord]:
         last = -1

@@ -12,12 +12,13 @@ import json
 import shutil
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from curvscope.server.protocol import EventMessage, SnapshotMessage
 from curvscope.server.stores.base import (
+    LIGHT_TOP,
     EventRecord,
     LightSnapshot,
     RunSummary,
@@ -26,10 +27,15 @@ from curvscope.server.stores.base import (
     StepConflict,
     Store,
     StoreError,
+    SummaryRow,
+    light_from_json,
+    light_json,
     light_series_from_rows,
     same_payload,
     snapshot_payload_json,
+    summary_json,
 )
+from curvscope.server.summaries import SUMMARY_VERSION
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -80,6 +86,19 @@ _MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
         # from before instances, which a new instance must resume explicitly.
         ("ALTER TABLE runs ADD COLUMN instance TEXT",),
     ),
+    (
+        4,
+        # Per-group summaries computed at ingest (:mod:`curvscope.server.summaries`), what
+        # the run overview reads, and the light form of each snapshot (loss and top
+        # eigenvalues, :func:`light_json`), what the plots over steps read. Rows stored
+        # before get their summary on first read (:meth:`Store.read_summaries`) and their
+        # light series from the payload, so opening a large old file stays instant.
+        (
+            "ALTER TABLE snapshots ADD COLUMN summary TEXT",
+            "ALTER TABLE snapshots ADD COLUMN summary_version INTEGER",
+            "ALTER TABLE snapshots ADD COLUMN light TEXT",
+        ),
+    ),
 ]
 """Schema migrations ``(version, statements)``; append, never edit a released one."""
 
@@ -95,7 +114,8 @@ FROM runs r
 """
 
 _LIGHT_SERIES_SQL = """
-SELECT s.step, s.payload ->> '$.loss', g.value -> '$.name', g.value -> '$.eigvals'
+SELECT s.step, s.payload ->> '$.loss', g.value -> '$.name', g.value -> '$.eigvals',
+       s.payload -> '$.optimizer'
 FROM snapshots AS s LEFT JOIN json_each(s.payload, '$.groups') AS g
 WHERE s.run = ? AND s.step IN (SELECT value FROM json_each(?))
 ORDER BY s.step, g.key
@@ -249,13 +269,23 @@ class SQLiteStore(Store):
 
     def append_snapshot(self, message: SnapshotMessage, received_at: float) -> bool:
         payload = snapshot_payload_json(message)
+        summary = summary_json(payload)
 
         def work(conn: sqlite3.Connection) -> bool:
             self._claim(conn, message, received_at)
             inserted = conn.execute(
-                "INSERT OR IGNORE INTO snapshots (run, step, received_at, payload) "
-                "VALUES (?, ?, ?, ?)",
-                (message.run, message.step, received_at, payload),
+                "INSERT OR IGNORE INTO snapshots "
+                "(run, step, received_at, payload, summary, summary_version, light) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message.run,
+                    message.step,
+                    received_at,
+                    payload,
+                    summary,
+                    SUMMARY_VERSION,
+                    light_json(message),
+                ),
             ).rowcount
             if inserted:
                 conn.execute(
@@ -365,11 +395,67 @@ class SQLiteStore(Store):
         )
         return None if row is None else SnapshotRecord(run, step, row[0], row[1])
 
-    def read_light_series(self, run: str, steps: Sequence[int], top: int) -> list[LightSnapshot]:
-        """Extracts the few numbers inside SQLite (its C JSON functions): no snapshot is
-        decoded in Python."""
-        rows = self._conn().execute(_LIGHT_SERIES_SQL, (run, json.dumps(list(steps))))
-        return light_series_from_rows(rows, top)
+    def read_light_series(
+        self, run: str, steps: Sequence[int], top: int, groups: Collection[str] | None = None
+    ) -> list[LightSnapshot]:
+        """Reads the small ``light`` column written with each snapshot (for ``top`` up to
+        :data:`LIGHT_TOP`); snapshots stored without one (before schema 4), or a larger
+        ``top``, have the numbers extracted from the payloads inside SQLite (its C JSON
+        functions). Either way no payload is decoded in Python."""
+        wanted = json.dumps(list(steps))
+        if top > LIGHT_TOP:
+            return light_series_from_rows(
+                self._conn().execute(_LIGHT_SERIES_SQL, (run, wanted)), top, groups
+            )
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT step, light FROM snapshots "
+                "WHERE run = ? AND step IN (SELECT value FROM json_each(?)) ORDER BY step",
+                (run, wanted),
+            )
+            .fetchall()
+        )
+        old = [step for step, light in rows if light is None]
+        extracted = {}
+        if old:
+            found = self._conn().execute(_LIGHT_SERIES_SQL, (run, json.dumps(old)))
+            extracted = {s["step"]: s for s in light_series_from_rows(found, top, groups)}
+        return [
+            light_from_json(step, light, top, groups) if light is not None else extracted[step]
+            for step, light in rows
+            if light is not None or step in extracted
+        ]
+
+    def _summary_rows(self, run: str, steps: list[int]) -> list[SummaryRow]:
+        rows = self._conn().execute(
+            "SELECT step, summary, summary_version FROM snapshots "
+            "WHERE run = ? AND step IN (SELECT value FROM json_each(?)) ORDER BY step",
+            (run, json.dumps(steps)),
+        )
+        return [(step, text, version) for step, text, version in rows]
+
+    def _save_summaries(self, run: str, summaries: dict[int, str]) -> None:
+        rows = [
+            (text, SUMMARY_VERSION, run, step, SUMMARY_VERSION) for step, text in summaries.items()
+        ]
+        conn = self._conn()
+        try:
+            with self._write_lock:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(
+                        "UPDATE snapshots SET summary = ?, summary_version = ? "
+                        "WHERE run = ? AND step = ? "
+                        "AND (summary IS NULL OR summary_version IS NOT ?)",
+                        rows,
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error:  # a busy or read-only file: computed again next time
+            pass
 
     def iter_snapshots(self, run: str, batch: int = 256) -> Iterator[SnapshotRecord]:
         last = -1

@@ -132,3 +132,25 @@ def test_invalid_hessian_fields_are_refused(overrides: dict, fragment: str) -> N
 def test_hessian_top_k_must_not_be_negative() -> None:
     with pytest.raises(ValidationError, match="hessian_top_k"):
         parse_ingest_message(make_snapshot(config={"hessian_top_k": -1}))
+
+
+def test_gradient_noise_fields_round_trip_and_are_omitted_when_absent() -> None:
+    noise = {"gradient_eigvals": [3.0, 1.0, 0.5], "gradient_moment_eigvals": [4.0, 1.0, 0.5, 0.1]}
+    message = parse_ingest_message(
+        make_snapshot(config={"gradient_spectrum": True}) | {"groups": [make_group() | noise]}
+    )
+    assert isinstance(message, SnapshotMessage) and message.config.gradient_spectrum is True
+    assert message.groups[0].gradient_eigvals == [3.0, 1.0, 0.5]
+    assert parse_ingest_message(json.loads(message.model_dump_json())) == message
+    plain = json.loads(parse_ingest_message(make_snapshot()).model_dump_json())
+    assert "gradient_spectrum" not in plain["config"]
+    assert not any(k.startswith("gradient_") for g in plain["groups"] for k in g)
+
+
+@pytest.mark.parametrize("field", ["gradient_eigvals", "gradient_moment_eigvals"])
+@pytest.mark.parametrize(
+    "values", [[1.0, 2.0], [1.0, -0.5], [1.0, float("nan")]], ids=["ascending", "negative", "nan"]
+)
+def test_invalid_gradient_noise_is_refused(field: str, values: list[float]) -> None:
+    with pytest.raises(ValidationError, match=f"{field}|finite"):
+        GroupPayload.model_validate(make_group() | {field: values})

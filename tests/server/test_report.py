@@ -73,7 +73,12 @@ def test_report_command_writes_a_self_contained_file(db: Path, tmp_path: Path) -
     assert set(figs) == expected
     assert len(figs["loss"]["data"][0]["x"]) == 6
     density = figs["g0-density"]["data"]
-    assert [t["name"] for t in density] == ["step 50 (K=25)", "first (step 0) (K=25)"]
+    assert [t["name"] for t in density] == [
+        "step 50 (K=25)",
+        "first (step 0) (K=25)",
+        "step 50, smoothed (KDE)",
+        "first (step 0), smoothed (KDE)",
+    ]
     assert "NaN &lt;loss&gt; detected" in text  # events shown, escaped
     assert text.count("K' = 10, backend backpack</p>") == 2  # each group's header
 

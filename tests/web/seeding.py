@@ -12,7 +12,16 @@ from typing import Any
 from curvscope.server.protocol import SNR_UNDEFINED, SnapshotMessage
 from curvscope.server.stores import SQLiteStore
 
-__all__ = ["seed_run", "synthetic_group", "synthetic_snapshot"]
+__all__ = ["layer_names", "seed_run", "synthetic_group", "synthetic_snapshot"]
+
+
+def layer_names(n: int) -> list[str]:
+    """``n`` parameter-group names as ``param_groups="layer"`` gives a ResNet-like model, in
+    model order: a stem, blocks of three layers, and a head (``n >= 1``)."""
+    if n == 1:
+        return ["stem.conv.weight"]
+    body = [f"layer{i // 3 + 1}.{i % 3}.conv.weight" for i in range(max(n - 2, 0))]
+    return ["stem.conv.weight", *body, "fc.weight"][:n]
 
 
 def synthetic_group(name: str, step: int, k: int, k_stats: int) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,6 @@ from tests.web.seeding import synthetic_group, synthetic_snapshot
 
 pytestmark = pytest.mark.browser
 
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 
 # seeding.synthetic_group: every third SNR(λ) is the sentinel, every fifth γ is zero
 SNR_LAMBDA_SHOWN = K_STATS - len(range(0, K_STATS, 3))
@@ -79,14 +77,17 @@ def test_run_list_then_run_view_with_every_plot(page, seeded_server) -> None:  #
     page.wait_for_url("**/runs/alpha")
     page.wait_for_selector("#app[data-renders]")
     points = page.evaluate(POINTS_JS)
-    expected = {"run:loss": [len(ALPHA_STEPS)]}
+    expected = {"run:loss": [len(ALPHA_STEPS)], "run:overview": [len(ALPHA_STEPS)]}
     for group in GROUPS:
         expected |= {
-            f"{group}:density": [41],  # 40 log-spaced bins: 41 edges
+            # 40 log-spaced bins: 41 edges; the KDE curve on its default 200 points
+            f"{group}:density": [41, 200],
             f"{group}:eigvals": [len(ALPHA_STEPS)] * 8,
             f"{group}:snr": [SNR_LAMBDA_SHOWN, K_STATS, 2],  # SNR(λ), SNR(γ), SNR = 1 line
             f"{group}:gamma": [GAMMA_SHOWN],
-            f"{group}:overlap": [8, 1],  # 8 curvature bins, the flat-space remainder
+            # λ_1..λ_12 of the latest step span 10^0.10..10^1.62: 7 quarter-decade bins
+            # (10^0 to 10^1.75); the flat-space remainder
+            f"{group}:overlap": [7, 1],
         }
     assert points == expected
     undefined = K_STATS - SNR_LAMBDA_SHOWN
@@ -110,14 +111,12 @@ def test_run_list_then_run_view_with_every_plot(page, seeded_server) -> None:  #
     page.get_by_test_id("mode").select_option("density")
     page.get_by_test_id("overlay").select_option("first")
     page.wait_for_function(
-        "() => document.querySelector('[data-plot=\"encoder:density\"]').data.length === 2"
+        "() => document.querySelector('[data-plot=\"encoder:density\"]').data.length === 4"
     )
     page.screenshot(path=str(ARTIFACTS / "run-view.png"), full_page=True)
     page.set_viewport_size({"width": 1400, "height": 1180})
     page.evaluate("() => window.scrollTo(0, 0)")
-    page.screenshot(path=str(ARTIFACTS / "run-view-top.png"))
-    if os.environ.get("CURVSCOPE_UPDATE_SCREENSHOT") == "1":  # refresh the README's picture
-        page.screenshot(path=str(DOCS_SCREENSHOT))
+    page.screenshot(path=str(ARTIFACTS / "run-view-top.png"))  # docs' picture: docs/screenshot.py
 
 
 def test_step_slider_changes_the_density(page, seeded_server) -> None:  # type: ignore[no-untyped-def]
@@ -202,7 +201,7 @@ def test_comparison_overlays_runs(page, seeded_server) -> None:  # type: ignore[
     page.wait_for_selector('[data-plot="compare:loss"] .main-svg')
     page.wait_for_selector("body[data-state=ready]")
     points = page.evaluate(POINTS_JS)
-    assert points["compare:density"] == [41, 41]
+    assert points["compare:density"] == [41, 41, 200, 200]  # histograms, then KDEs
     assert points["compare:loss"][0] == len(ALPHA_STEPS)
     assert len(points["compare:eigvals"]) == 6  # top-3 per run
 
@@ -225,6 +224,7 @@ def test_lost_connection_is_shown_and_recovers(browser_context, tmp_path: Path) 
         with running_server(db) as server:
             page.goto(server.url("/runs/gamma"))
             page.wait_for_selector("#conn[data-status=live]")
+            page.wait_for_selector("#app[data-renders]")  # loaded before the server dies
             server.kill()
             page.wait_for_selector("#conn[data-status=lost]")
             assert "connection lost" in page.locator("#conn").inner_text()

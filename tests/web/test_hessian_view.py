@@ -65,6 +65,7 @@ def test_hessian_plot_is_drawn_with_its_traces(page, hessian_server) -> None:  #
             "top-3 of H",
             "λ_min(H) = -2.5",
             f"GGN eigenvalues (K={K})",
+            "GGN density (same broadening)",
         ]
         assert len(traces[0]["x"]) == N_POINTS
         assert [x for x in traces[1]["x"] if x is not None] == [120, 120, 80, 80, 15, 15]
@@ -75,7 +76,13 @@ def test_hessian_plot_is_drawn_with_its_traces(page, hessian_server) -> None:  #
             f"""() => [...document.querySelectorAll('section[data-group="{group}"] [data-plot]')]
             .map(el => el.dataset.plot)"""
         )
-        assert plots[-1] == f"{group}:hessian"
+        assert plots[-2:] == [f"{group}:hessian", f"{group}:hessian_min"]
+        # λ_min over steps: the snapshots that carry the Hessian (steps 0 and 20)
+        lam_min, zero = page.evaluate(
+            f"""() => document.querySelector('[data-plot="{group}:hessian_min"]').data.map(
+                t => [Array.from(t.x), Array.from(t.y)])"""
+        )
+        assert lam_min == [[0, 20], [-2.5, -2.5]] and zero == [[0, 20], [0, 0]]
 
     # a step the probe skipped: the plot stays, and says why it is empty
     page.get_by_test_id("step-slider").fill("1")

@@ -249,6 +249,9 @@ def test_bert_classifier_is_bit_for_bit_the_plain_trainer(tmp_path: Path) -> Non
         expected = _class_reference(net, batch, config)
         _assert_matches(snap, expected, 1e-4)
         assert len(snap["groups"][0]["eigvals"]) <= 4 * 3  # N·C
+        # the Trainer's optimizer (optim="sgd", constant 0.5), read through accelerate's wrapper
+        optimizer = snap["optimizer"]
+        assert (optimizer["name"], optimizer["lr"], optimizer["adaptive"]) == ("SGD", 0.5, False)
     assert _losses(trainer) == _losses(plain)
     for p, q in zip(model.parameters(), plain_model.parameters(), strict=True):
         assert torch.equal(p, q)

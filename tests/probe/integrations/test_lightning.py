@@ -132,6 +132,15 @@ def test_callback_streams_the_snapshots_of_the_training_steps(
     for snap in snaps:
         net, x, y = record[(snap["step"], snap["step"])]
         assert snap["batch_size"] == 8 and snap["config"]["mode"] == "in-loop"
+        # the trainer's optimizer (configure_optimizers), recorded without being asked
+        assert snap["optimizer"] == {
+            "name": "SGD",
+            "lr": 0.2,
+            "momentum": 0.9,
+            "dampening": 0.0,
+            "nesterov": False,
+            "adaptive": False,
+        }
         _assert_matches(snap, compute_snapshot(net, nn.CrossEntropyLoss(), x, y, config), 1e-4)
     for p, q in zip(probed.parameters(), plain.parameters(), strict=True):
         assert torch.equal(p, q)

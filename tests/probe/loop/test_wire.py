@@ -127,3 +127,43 @@ def test_non_finite_hessian_values_are_refused(field: str) -> None:
         group.hessian_density[0][0, 0] = -math.inf
     with pytest.raises(WireError, match=field):
         encode_snapshot(snap, run="r", step=0, config=config, mode="in-loop")
+
+
+def test_gradient_noise_spectrum_travels_only_when_computed() -> None:
+    config = ViViTConfig(param_groups="layer", gradient_spectrum=True)
+    snap = _snapshot(config)
+    msg = _roundtrip(encode_snapshot(snap, run="r", step=4, config=config, mode="in-loop"))
+    assert msg.config.gradient_spectrum is True
+    for wire, group in zip(msg.groups, snap.groups, strict=True):
+        assert group.gradient_eigvals is not None and group.gradient_moment_eigvals is not None
+        assert wire.gradient_eigvals == group.gradient_eigvals.tolist()
+        assert wire.gradient_moment_eigvals == group.gradient_moment_eigvals.tolist()
+        assert 0 < len(wire.gradient_eigvals) <= 5  # N - 1 for N = 6
+    plain = ViViTConfig(param_groups="layer")
+    msg = _roundtrip(
+        encode_snapshot(_snapshot(plain), run="r", step=5, config=plain, mode="in-loop")
+    )
+    assert msg.config.gradient_spectrum is False
+    assert "gradient_" not in msg.model_dump_json()
+
+
+def test_non_finite_gradient_noise_is_refused() -> None:
+    config = ViViTConfig(gradient_spectrum=True)
+    snap = _snapshot(config)
+    assert snap.groups[0].gradient_eigvals is not None
+    snap.groups[0].gradient_eigvals[0] = math.inf
+    with pytest.raises(WireError, match="gradient_eigvals"):
+        encode_snapshot(snap, run="r", step=0, config=config, mode="in-loop")
+
+
+def test_gradient_subsampling_travels_in_the_config() -> None:
+    config = ViViTConfig(subsample_grad=[4, 1], per_sample=True)
+    snap = _snapshot(config)
+    msg = _roundtrip(encode_snapshot(snap, run="r", step=1, config=config, mode="in-loop"))
+    assert msg.config.subsample_grad == [4, 1]
+    (group,) = msg.groups
+    assert group.gammas is not None and len(group.gammas) == 2  # the subset's rows
+    assert group.gamma == snap.groups[0].gamma.tolist()  # the batch's γ_k
+    plain = ViViTConfig()
+    dumped = encode_snapshot(_snapshot(plain), run="r", step=2, config=plain, mode="in-loop")
+    assert "subsample_grad" not in dumped.model_dump_json()

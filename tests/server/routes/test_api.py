@@ -161,7 +161,21 @@ def test_export_csv_has_one_row_per_direction(client: TestClient) -> None:
         ("g1", "0"),
     ]
     assert rows[2]["gamma"] == "" and rows[1]["gamma"] == "0.2"
+    assert all(r["gradient_eigval"] == "" for r in rows)  # no noise spectrum computed
     assert client.get("/api/runs/a/export?format=xml").status_code == 422
+
+
+def test_export_csv_carries_the_gradient_noise_spectrum(client: TestClient) -> None:
+    """A second spectrum by the same index k: a longer one adds rows with empty GGN cells."""
+    noise = {"gradient_eigvals": [5.0, 4.0, 3.0, 2.0], "gradient_moment_eigvals": [6.0, 1.0]}
+    ingest(client, make_snapshot("n", 1) | {"groups": [make_group("g", k=3, k_stats=3) | noise]})
+    rows = list(csv.DictReader(io.StringIO(client.get("/api/runs/n/export?format=csv").text)))
+    assert [r["direction"] for r in rows] == ["0", "1", "2", "3"]
+    assert [r["gradient_eigval"] for r in rows] == ["5.0", "4.0", "3.0", "2.0"]
+    assert [r["gradient_moment_eigval"] for r in rows] == ["6.0", "1.0", "", ""]
+    assert rows[3]["eigval"] == "" and rows[3]["gamma"] == "" and rows[2]["eigval"] != ""
+    exported = client.get("/api/runs/n/export?format=json").json()
+    assert exported["snapshots"][0]["groups"][0]["gradient_eigvals"] == [5.0, 4.0, 3.0, 2.0]
 
 
 def test_backend_travels_through_rest_and_exports(db_path: Path) -> None:
@@ -195,7 +209,7 @@ def test_backend_travels_through_rest_and_exports(db_path: Path) -> None:
 
             text = http.get("/api/runs/mixed/export", params={"format": "csv"}).text
             rows = list(csv.DictReader(io.StringIO(text)))
-            assert tuple(rows[0]) == CSV_COLUMNS and CSV_COLUMNS[-1] == "backend"
+            assert tuple(rows[0]) == CSV_COLUMNS and CSV_COLUMNS[15] == "backend"  # appended
             old_rows = [r for r in rows if r["step"] == "0"]  # the old snapshot's one group
             assert [r["backend"] for r in old_rows] == ["backpack"] * 3
             new_rows = [(int(r["step"]), r["group"], r["backend"]) for r in rows[3:]]

@@ -6,6 +6,7 @@ exact read-back of every number, the light series, paging, deletion and retentio
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -18,6 +19,8 @@ from curvscope.server.stores import (
     downsample_indices,
     snapshot_payload_json,
 )
+from curvscope.server.stores.base import LIGHT_TOP, light_from_json, light_json
+from curvscope.server.summaries import snapshot_summary
 from tests.helpers.messages import make_event, make_group, make_snapshot
 from tests.web.seeding import synthetic_snapshot
 
@@ -275,6 +278,63 @@ def test_light_series_in_the_database_equals_the_generic_default(any_store: Stor
     (untruncated,) = any_store.read_light_series("r", [7], 100)
     assert untruncated["groups"][0]["eigvals"] == expected["groups"][0]["eigvals"]
     assert any_store.read_light_series("missing", [0, 1], 3) == []
+    # only some groups' eigenvalues (the loss of every step all the same)
+    for top in (4, 100):  # from the light column; from the payloads
+        for wanted in ({"b"}, {"a", "b"}, {"nope"}, set()):
+            only = any_store.read_light_series("r", steps, top, wanted)
+            everything = any_store.read_light_series("r", steps, top)
+            assert only == [
+                {**s, "groups": [g for g in s["groups"] if g["name"] in wanted]} for s in everything
+            ]
+            assert only == Store.read_light_series(any_store, "r", steps, top, wanted)
+
+
+def test_summaries_are_stored_at_ingest_and_read_by_step(any_store: Store) -> None:
+    """``read_summaries`` returns, for the stored steps asked for (in step order, each once),
+    the summary of each snapshot as it arrived, its groups in the model's order."""
+    messages = {}
+    for step in range(0, 300, 7):
+        message = synthetic_snapshot("r", step, k=20, k_stats=5, groups=("z.head", "a.stem"))
+        any_store.append_snapshot(SnapshotMessage(**message), 1.0)
+        messages[step] = message
+    hessian = make_group("h", k=3) | {"hessian_eigvals": [4.0, -0.5], "hessian_min": -0.5}
+    messages[500] = make_snapshot("r", 500, groups=[hessian])
+    messages[1000] = synthetic_snapshot("r", 1000, groups=())
+    for step in (500, 1000):
+        any_store.append_snapshot(SnapshotMessage(**messages[step]), 1.0)
+    steps = any_store.list_steps("r")
+    assert len(steps) == 45
+    sampled = [steps[i] for i in downsample_indices(len(steps), 6)]
+    for chosen in (steps, sampled, [steps[0], steps[-1]], [7, 8, 1000], [14, 7, 7], []):
+        summaries = any_store.read_summaries("r", chosen)
+        wanted = sorted({s for s in chosen if s in messages})
+        assert [s["step"] for s in summaries] == wanted
+        assert summaries == [snapshot_summary(messages[s]) for s in wanted]
+    (at_7,) = any_store.read_summaries("r", [7])
+    group = messages[7]["groups"][0]
+    assert at_7["loss"] == messages[7]["loss"]
+    assert [g["name"] for g in at_7["groups"]] == ["z.head", "a.stem"]
+    assert at_7["groups"][0]["lam_max"] == max(group["eigvals"])
+    assert at_7["groups"][0]["k"] == 20
+    assert at_7["groups"][0]["trace"] == pytest.approx(sum(group["eigvals"]), rel=1e-12)
+    assert at_7["groups"][0]["grad_norm_sq"] == group["grad_norm_sq"]
+    assert at_7["groups"][0]["hessian_min"] is None
+    (at_500, at_1000) = any_store.read_summaries("r", [500, 1000])
+    assert at_500["groups"][0]["hessian_min"] == -0.5
+    assert at_1000["groups"] == []
+    assert any_store.read_summaries("missing", [0, 7]) == []
+
+
+def test_summaries_follow_a_run_deleted_and_stored_again(any_store: Store) -> None:
+    first = make_snapshot("r", 3, groups=[make_group("a", k=3)])
+    any_store.append_snapshot(SnapshotMessage(**first), 1.0)
+    assert any_store.read_summaries("r", [3])[0]["groups"][0]["k"] == 3
+    assert any_store.delete_run("r") is True
+    assert any_store.read_summaries("r", [3]) == []
+    again = make_snapshot("r", 3, groups=[make_group("a", k=5), make_group("b", k=2)])
+    any_store.append_snapshot(SnapshotMessage(**again), 2.0)
+    (summary,) = any_store.read_summaries("r", [3])
+    assert [(g["name"], g["k"]) for g in summary["groups"]] == [("a", 5), ("b", 2)]
 
 
 def test_another_store_on_the_same_database_sees_the_writes(
@@ -344,3 +404,19 @@ def test_prune_refuses_keep_every_below_one(any_store: Store, keep_every: int) -
     with pytest.raises(ValueError, match="keep_every"):
         any_store.prune(older_than=10.0, keep_every=keep_every)
     assert any_store.list_steps("r") == [0]
+
+
+def test_light_column_reads_both_of_its_formats() -> None:
+    """Eigenvalues in the ``light`` column are a JSON array as a string (parsed up to
+    ``top`` only); the plain arrays a PostgreSQL store of schema 3 wrote read the same."""
+    message = SnapshotMessage(**synthetic_snapshot("r", 3, k=70, k_stats=2, groups=("a", "b")))
+    text = light_json(message)
+    assert isinstance(json.loads(text)[1][0][1], str)
+    old = json.dumps([message.loss, [[g.name, g.eigvals[:LIGHT_TOP]] for g in message.groups]])
+    for top in (1, 8, LIGHT_TOP):
+        expected = {
+            "step": 3,
+            "loss": message.loss,
+            "groups": [{"name": g.name, "eigvals": g.eigvals[:top]} for g in message.groups],
+        }
+        assert light_from_json(3, text, top) == expected == light_from_json(3, old, top)

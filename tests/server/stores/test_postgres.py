@@ -279,16 +279,16 @@ def test_a_fresh_database_gets_the_current_schema_once(
 ) -> None:
     opened = run_together(4, lambda i: stores())  # four workers starting at once
     assert all(isinstance(store, PostgresStore) for store in opened), opened
-    assert {store.schema_version() for store in opened} == {SCHEMA_VERSION} == {3}
+    assert {store.schema_version() for store in opened} == {SCHEMA_VERSION} == {4}
     opened[0].append_snapshot(snap(step=0), 1.0)
     assert opened[3].list_steps("r") == [0]
     reopened = stores()  # a later start migrates nothing
-    assert reopened.schema_version() == 3
+    assert reopened.schema_version() == 4
     assert reopened.list_steps("r") == [0]
     import psycopg
 
     with psycopg.connect(postgres_url) as conn:
-        assert conn.execute("SELECT version FROM curvscope_schema").fetchall() == [(3,)]
+        assert conn.execute("SELECT version FROM curvscope_schema").fetchall() == [(4,)]
 
 
 def test_optional_schema_statements_may_fail(
@@ -300,7 +300,7 @@ def test_optional_schema_statements_may_fail(
     monkeypatch.setattr(postgres, "_BEST_EFFORT", {3: ("ALTER TABLE nowhere SET nothing",)})
     store = PostgresStore(postgres_url)
     try:
-        assert store.schema_version() == 3
+        assert store.schema_version() == SCHEMA_VERSION
         assert store.append_snapshot(snap(step=0), 1.0) is True
     finally:
         store.close()
@@ -378,3 +378,42 @@ def unused_port() -> int:
     from tests.helpers.server_process import free_port
 
     return free_port()
+
+
+def test_a_schema_3_database_gets_summaries_on_first_read(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Schema 4 adds the summary columns empty; reading summaries computes those of the old
+    rows from their payloads (as ingest does) and stores them, once."""
+    import psycopg
+
+    from curvscope.server.stores import postgres
+    from curvscope.server.stores.base import snapshot_payload_json
+    from curvscope.server.summaries import SUMMARY_VERSION, snapshot_summary
+
+    with monkeypatch.context() as patch:
+        patch.setattr(postgres, "_MIGRATIONS", postgres._MIGRATIONS[:1])
+        patch.setattr(postgres, "SCHEMA_VERSION", 3)
+        PostgresStore(postgres_url).close()
+    old = [make_snapshot("old", s, groups=[make_group("a", k=4), make_group("b")]) for s in (0, 5)]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO runs (name, created_at, updated_at) VALUES ('old', 1, 1)")
+        for message in old:
+            conn.execute(
+                "INSERT INTO snapshots (run, step, received_at, payload, light) "
+                "VALUES ('old', %s, 1, %s, '[0, []]')",
+                (message["step"], snapshot_payload_json(SnapshotMessage(**message))),
+            )
+    store = PostgresStore(postgres_url)
+    stored = "SELECT step, summary_version FROM snapshots WHERE summary IS NOT NULL ORDER BY step"
+    try:
+        assert store.schema_version() == SCHEMA_VERSION == 4
+        with psycopg.connect(postgres_url) as conn:
+            assert conn.execute(stored).fetchall() == []
+        summaries = store.read_summaries("old", [0, 5, 9])
+        assert summaries == [snapshot_summary(m) for m in old]
+        assert [[g["k"] for g in s["groups"]] for s in summaries] == [[4, 3], [4, 3]]
+        with psycopg.connect(postgres_url) as conn:
+            assert conn.execute(stored).fetchall() == [(0, SUMMARY_VERSION), (5, SUMMARY_VERSION)]
+    finally:
+        store.close()

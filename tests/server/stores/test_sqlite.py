@@ -15,12 +15,14 @@ from curvscope.server.stores import (
     SCHEMA_VERSION,
     SQLiteStore,
     StepConflict,
+    Store,
     StoreError,
     open_store,
     snapshot_payload_json,
 )
+from curvscope.server.summaries import SUMMARY_VERSION, snapshot_summary
 from tests.helpers.legacy_store import write_schema_1_database
-from tests.helpers.messages import make_snapshot
+from tests.helpers.messages import make_group, make_snapshot
 
 
 @pytest.fixture
@@ -41,7 +43,7 @@ def test_persists_across_reopen_in_wal_mode(tmp_path: Path) -> None:
     first.close()
     second = SQLiteStore(path)
     assert [r.step for r in second.read_snapshots("r")] == [1]
-    assert second.schema_version() == SCHEMA_VERSION == 3
+    assert second.schema_version() == SCHEMA_VERSION == 4
     mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     second.close()
@@ -62,7 +64,7 @@ def test_schema_1_database_is_migrated_and_its_snapshots_read_as_backpack(
     write_schema_1_database(path, old)
     store = SQLiteStore(path)
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION == 4
         records = store.read_snapshots("old")
         assert [r.step for r in records] == [0, 10, 20]
         for record, message in zip(records, old, strict=True):
@@ -78,7 +80,7 @@ def test_schema_1_database_is_migrated_and_its_snapshots_read_as_backpack(
         store.close()
     reopened = SQLiteStore(path)  # migrating is done once: reopening changes nothing
     try:
-        assert reopened.schema_version() == 3
+        assert reopened.schema_version() == 4
         assert [r.to_dict()["config"]["backend"] for r in reopened.iter_snapshots("old")] == [
             "backpack",
             "backpack",
@@ -148,5 +150,60 @@ def test_a_replay_matches_a_snapshot_stored_before_optional_fields_existed(
         assert store.append_snapshot(message, 2.0) is False
         with pytest.raises(StepConflict):
             store.append_snapshot(message.model_copy(update={"loss": 9.0}), 3.0)
+    finally:
+        store.close()
+
+
+def test_snapshots_stored_before_summaries_get_theirs_on_first_read(tmp_path: Path) -> None:
+    """Schema 4 adds the summary column empty; reading summaries computes those of the old
+    rows from their payloads (the same as ingest computes) and stores them, once."""
+    path = tmp_path / "old.sqlite"
+    old = [
+        make_snapshot("old", step, groups=[make_group("a", k=4), make_group("b", k=2)])
+        for step in (0, 10, 20)
+    ]
+    write_schema_1_database(path, old)
+    store = SQLiteStore(path)
+    try:
+        stored = "SELECT step, summary_version FROM snapshots WHERE summary IS NOT NULL"
+        assert sqlite3.connect(path).execute(stored).fetchall() == []
+        summaries = store.read_summaries("old", [0, 20])
+        assert summaries == [snapshot_summary(old[0]), snapshot_summary(old[2])]
+        assert [[g["k"] for g in s["groups"]] for s in summaries] == [[4, 2], [4, 2]]
+        rows = sqlite3.connect(path).execute(stored + " ORDER BY step").fetchall()
+        assert rows == [(0, SUMMARY_VERSION), (20, SUMMARY_VERSION)]
+        # an outdated summary (an older SUMMARY_VERSION) is computed again
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE snapshots SET summary = '{}', summary_version = 0")
+        assert store.read_summaries("old", [0, 10, 20]) == [snapshot_summary(m) for m in old]
+        assert sqlite3.connect(path).execute(stored).fetchall() == [
+            (0, SUMMARY_VERSION),
+            (10, SUMMARY_VERSION),
+            (20, SUMMARY_VERSION),
+        ]
+    finally:
+        store.close()
+
+
+def test_light_series_of_old_and_new_rows(tmp_path: Path) -> None:
+    """Snapshots stored before schema 4 have no ``light`` column: their light series comes
+    from the payload, equal to the generic default, next to new rows read from the column."""
+    path = tmp_path / "old.sqlite"
+    write_schema_1_database(
+        path, [make_snapshot("r", s, groups=[make_group("a", k=5)]) for s in (0, 10)]
+    )
+    store = SQLiteStore(path)
+    try:
+        store.append_snapshot(snap("r", 20, groups=[make_group("a", k=7), make_group("b")]), 1.0)
+        light = "SELECT step FROM snapshots WHERE light IS NOT NULL"
+        assert sqlite3.connect(path).execute(light).fetchall() == [(20,)]
+        for top in (3, 100):
+            series = store.read_light_series("r", [0, 10, 20, 30], top)
+            assert series == Store.read_light_series(store, "r", [0, 10, 20, 30], top)
+            assert [[len(g["eigvals"]) for g in s["groups"]] for s in series] == [
+                [min(5, top)],
+                [min(5, top)],
+                [min(7, top), 3],
+            ]
     finally:
         store.close()

@@ -3,6 +3,7 @@ out of log plots, and the shape of each figure (pure functions, no server)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -71,7 +72,8 @@ def test_density_figure_counts_and_density_normalisation() -> None:
     eigvals = [10 ** (-3 + 0.05 * i) for i in range(100)]
     snap = _snapshot(0, _group(eigvals))
     count = figures.density_figure([("now", snap)], "all", mode="count", n_bins=20)
-    (trace,) = count.data
+    trace, smoothed = count.data  # the histogram, its KDE
+    assert smoothed.name == "now, smoothed (KDE)"
     assert len(trace.x) == 21 and len(trace.y) == 21
     edges = list(trace.x)
     edges[0], edges[-1] = edges[0] * (1 - 1e-9), edges[-1] * (1 + 1e-9)  # exact extremes
@@ -88,9 +90,9 @@ def test_density_overlay_shares_bins_covering_every_entry() -> None:
     a = _snapshot(0, _group([1e-4, 1e-2]))
     b = _snapshot(5, _group([1.0, 1e3]))
     fig = figures.density_figure([("a", a), ("b", b)], "all", mode="count", n_bins=8)
-    assert len(fig.data) == 2
+    assert len(fig.data) == 4  # two histograms, then their smoothed estimates
     assert list(fig.data[0].x) == list(fig.data[1].x)
-    assert [sum(t.y[:-1]) for t in fig.data] == [2, 2]
+    assert [sum(t.y[:-1]) for t in fig.data[:2]] == [2, 2]
     widened = figures.density_figure([("a", a)], "all", n_bins=8, range_values=[1e5])
     assert widened.data[0].x[-1] == pytest.approx(1e5)
 
@@ -140,12 +142,12 @@ def test_overlap_figure_bars_sum_with_remainder_to_one() -> None:
         _snapshot(0, _group(eigvals, gamma=[1.0] * 30, overlap=overlap)), "all", n_bins=6
     )
     bars, rest = fig.data
-    assert len(bars.y) == 6 and sum(bars.customdata) == 30
+    assert len(bars.y) <= 6 and sum(bars.customdata) == 30
     assert sum(bars.y) == pytest.approx(sum(overlap))
     assert rest.y[0] == pytest.approx(1 - sum(overlap))
-    assert rest.x[0] == "flat space + directions without statistics"  # K' = 30 < K = 40
+    assert rest.name.endswith("(flat space + directions without statistics)")  # K' < K
     full = figures.overlap_figure(_snapshot(0, _group(eigvals[:3], overlap=[0.1] * 3)), "all")
-    assert full.data[1].x[0] == "flat space"
+    assert full.data[1].name.endswith("(flat space)")
 
 
 def test_trajectories_and_loss_have_one_point_per_snapshot() -> None:
@@ -162,7 +164,9 @@ def test_trajectories_and_loss_have_one_point_per_snapshot() -> None:
 def test_comparison_figures_have_one_trace_per_run() -> None:
     a = [_snapshot(s, _group([2.0, 1.0])) for s in range(3)]
     b = [_snapshot(s, _group([5.0, 0.5])) for s in range(4)]
-    assert len(figures.compare_density_figure([("a", a[-1]), ("b", b[-1])], "all").data) == 2
+    density = figures.compare_density_figure([("a", a[-1]), ("b", b[-1])], "all").data
+    assert [t.name for t in density][:2] == ["a @ step 2 (K=2)", "b @ step 3 (K=2)"]
+    assert len(density) == 4  # and their smoothed estimates
     traj = figures.compare_trajectories_figure([("a", a), ("b", b)], "all", top=2)
     assert [t.name for t in traj.data] == ["a λ_1", "a λ_2", "b λ_1", "b λ_2"]
     assert [len(t.x) for t in figures.compare_loss_figure([("a", a), ("b", b)]).data] == [3, 4]
@@ -250,12 +254,25 @@ def test_hessian_figure_density_integrates_to_one_and_marks_the_extremes() -> No
     snap = _snapshot(2, _hessian_group()) | {"config": {"hessian_top_k": 2}}
     fig = figures.hessian_figure(snap, "all", n_points=2001)
     go.Figure(fig.to_dict())
-    density, top, low, ggn = fig.data
+    density, top, low, ggn, ggn_density = fig.data
     x, y = list(density.x), list(density.y)
     sigma = 0.02 * (5.0 - -0.5)
     assert x[0] == pytest.approx(-0.5 - 3 * sigma) and x[-1] == pytest.approx(5.0 + 3 * sigma)
-    area = math.fsum((x[i + 1] - x[i]) * (y[i] + y[i + 1]) / 2 for i in range(len(x) - 1))
-    assert area == pytest.approx(1.0, abs=0.01)  # the Gaussians' tails beyond 3σ: ~0.3 %
+
+    def area(heights, keep=lambda v: True) -> float:
+        return math.fsum(
+            (x[i + 1] - x[i]) * (heights[i] + heights[i + 1]) / 2
+            for i in range(len(x) - 1)
+            if keep(x[i])
+        )
+
+    assert area(y) == pytest.approx(1.0, abs=0.01)  # the Gaussians' tails beyond 3σ: ~0.3 %
+    # the GGN's density on the same grid: D = 10 eigenvalues, 3 non-zero (1/10 each), 7 at 0
+    g = list(ggn_density.y)
+    assert list(ggn_density.x) == x and ggn_density.name == "GGN density (same broadening)"
+    assert area(g) == pytest.approx(1.0, abs=0.01)
+    assert area(g, lambda v: abs(v) < 0.5) == pytest.approx(0.7, abs=0.01)
+    assert area(g, lambda v: 3.5 < v < 4.5) == pytest.approx(0.1, abs=0.01)
     assert [v for v in top.x if v is not None] == [5.0, 5.0, 3.0, 3.0]
     assert [v for v in low.x if v is not None] == [-0.5, -0.5]
     assert max(v for v in top.y if v is not None) == pytest.approx(1.05 * max(y))
@@ -272,3 +289,48 @@ def test_hessian_figure_without_density_or_without_hessian() -> None:
     fig = figures.step_figures(skipped, "all")["hessian"]
     assert not fig.data
     assert fig.layout.annotations[0].text == "no Hessian at this step"
+
+
+def test_noise_figure_shares_bins_and_normalises_each_spectrum() -> None:
+    group = _group([10.0, 1.0, 0.1]) | {
+        "grad_norm_sq": 4.0,
+        "gradient_eigvals": [100.0, 1.0],
+        "gradient_moment_eigvals": [150.0, 2.0, 0.5],
+    }
+    fig = json.loads(figures.noise_figure(_snapshot(0, group), "all").to_json())
+    names = [t["name"] for t in fig["data"]]
+    assert names == [
+        "GGN (K=3)",
+        "gradient covariance (K=2, tr C = 101, tr C/‖g‖² = 25.2)",
+        "second moment (K=3)",
+        "GGN, smoothed (KDE)",
+        "covariance, smoothed (KDE)",
+    ]
+    assert fig["data"][2]["visible"] == "legendonly"
+    edges = fig["data"][0]["x"]
+    assert all(t["x"] == edges for t in fig["data"][:3])  # one set of bins
+    assert edges[0] == pytest.approx(0.1) and edges[-1] == pytest.approx(150.0)
+    for trace, count in zip(fig["data"][:3], (3, 2, 3), strict=True):
+        widths = [math.log10(b) - math.log10(a) for a, b in itertools.pairwise(edges)]
+        mass = sum(h * w for h, w in zip(trace["y"][:-1], widths, strict=True))  # per decade
+        assert mass == pytest.approx(1.0)
+        assert sum(c[2] for c in trace["customdata"]) == count
+    counts = json.loads(figures.noise_figure(_snapshot(0, group), "all", mode="count").to_json())
+    assert [sum(t["y"][:-1]) for t in counts["data"][:3]] == [3, 2, 3]
+
+
+def test_noise_figure_says_why_it_is_empty() -> None:
+    plain = figures.noise_figure(_snapshot(0, _group([1.0])), "all")
+    assert [a["text"] for a in plain.layout.annotations] == [
+        "no gradient-noise spectrum at this step"
+    ]
+    quiet = _group([1.0]) | {"gradient_eigvals": [], "gradient_moment_eigvals": [3.0]}
+    fig = figures.noise_figure(_snapshot(0, quiet), "all")
+    assert "identical per-sample gradients" in fig.layout.annotations[0].text
+
+
+def test_step_figures_include_noise_only_for_runs_that_compute_it() -> None:
+    plain = _snapshot(0, _group([1.0, 0.5]))
+    assert "noise" not in figures.step_figures(plain, "all")
+    noisy = plain | {"config": {"gradient_spectrum": True}}
+    assert "noise" in figures.step_figures(noisy, "all")  # a step without it still gets the plot
