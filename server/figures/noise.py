@@ -51,7 +51,7 @@ def noise_figure(
     fig = _figure(
         f"Gradient noise vs curvature — {group}",
         uirevision,
-        {"type": "log", "title": {"text": "eigenvalue (GGN: λ; noise: variance of N·g_n)"}},
+        {"type": "log", "title": {"text": "eigenvalue"}},
         {"title": {"text": y_title}, "rangemode": "tozero"},
     )
     found = find_group(snapshot, group)
