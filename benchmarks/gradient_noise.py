@@ -15,7 +15,11 @@ within this one run):
    ``BatchGrad`` with vivit's ``GramBatchGrad`` and ``CenteredGramBatchGrad`` hooks (one
    backward pass that computes only the gradient Grams), then ``eigvalsh`` — so our row
    computes the whole GGN snapshot *and* the noise spectrum, vivit's only the noise;
-3. ``subsample_grad=16`` against the full-batch snapshot (``Vᵀ g_n`` of 16 samples).
+3. ``subsample_grad=16`` against the full-batch snapshot (``Vᵀ g_n`` of 16 samples), both
+   with the curvature of 16 samples (``subsample=16``: then ``Vᵀ g_n``, ``N·R·P``, costs as
+   much as the Gram, ``R²·P``);
+4. the same on a small GPT (:class:`benchmarks.models.TinyGPT`, N = 16, T = 64, the ``func``
+   backend, MC curvature with M = 1): ``subsample_grad=4`` against all 16 samples.
 
 The largest relative difference between our covariance eigenvalues and vivit's (float32)
 is printed below the table.
@@ -63,6 +67,33 @@ def _batch(n: int):
     return model, x, y
 
 
+def _gpt(kind: str, quick: bool):
+    """TinyGPT on random tokens (``func`` backend, MC curvature): one snapshot per call."""
+    import torch
+    from torch import nn
+
+    from benchmarks.models import TinyGPT
+    from curvscope.probe import ViViTConfig, compute_snapshot
+
+    torch.manual_seed(0)
+    n, t = (4, 16) if quick else (16, 64)
+    model = TinyGPT(context=t)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 512, (n, t), generator=gen)
+    sub = 1 if quick else 4
+    config = ViViTConfig(
+        backend="func", curvature="mc", seed=0, subsample_grad=sub if kind == "gpt-sub" else None
+    )
+
+    def run() -> torch.Tensor:
+        compute_snapshot(
+            model, nn.CrossEntropyLoss(), x, x, config, outputs=lambda out: out.transpose(1, 2)
+        )
+        return torch.zeros(0)
+
+    return run
+
+
 def _run(kind: str, model, x, y):
     """A callable doing one measured computation; it returns the covariance eigenvalues."""
     import torch
@@ -72,6 +103,8 @@ def _run(kind: str, model, x, y):
 
     loss_fn = nn.CrossEntropyLoss()
     n = x.shape[0]
+    if kind.startswith("gpt"):
+        return _gpt(kind, quick=n < 16)
     if kind == "vivit-gram":
         from backpack import backpack, extend
         from backpack.extensions import BatchGrad
@@ -102,7 +135,8 @@ def _run(kind: str, model, x, y):
     configs = {
         "ours": ViViTConfig(backend="backpack"),
         "ours-noise": ViViTConfig(backend="backpack", gradient_spectrum=True),
-        "ours-sub16": ViViTConfig(backend="backpack", subsample_grad=16),
+        "ours-c16": ViViTConfig(backend="backpack", subsample=16),
+        "ours-c16-g16": ViViTConfig(backend="backpack", subsample=16, subsample_grad=16),
     }
     config = configs[kind]
 
@@ -140,7 +174,8 @@ def child(config: Config, repeats: int, warmup: int) -> dict:
 ROWS = [
     ("1", "noise spectrum on top of the snapshot", "ours-noise", "ours"),
     ("2", "snapshot + noise vs vivit's gradient Grams only", "ours-noise", "vivit-gram"),
-    ("3", "subsample_grad=16", "ours-sub16", "ours"),
+    ("3", "subsample=16: subsample_grad=16", "ours-c16-g16", "ours-c16"),
+    ("4", "TinyGPT, func backend: subsample_grad=4 of 16", "gpt-sub", "gpt"),
 ]
 
 
@@ -161,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     repeats, warmup = (1, 0) if args.quick else (max(1, args.repeats), args.warmup)
     print(machine_line())
     print(f"3c3d, exact curvature, N={n}; median of {repeats} run(s) after {warmup} warm-up")
-    kinds = ["ours", "ours-noise", "ours-sub16", "vivit-gram"]
+    kinds = ["ours", "ours-noise", "ours-c16", "ours-c16-g16", "vivit-gram", "gpt", "gpt-sub"]
     # --quick: one process for all (a smoke run; its RSS column is the running peak)
     batches = [kinds] if args.quick else [[kind] for kind in kinds]
     results = {}

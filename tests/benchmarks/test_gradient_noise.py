@@ -23,7 +23,7 @@ def test_quick_run_prints_every_row() -> None:
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("machine: ")
     with_vivit = importlib.util.find_spec("vivit") is not None
-    for key in ("1", "2", "3"):
+    for key in ("1", "2", "3", "4"):
         (row,) = [ln for ln in lines if ln.startswith(f"| {key} |")]
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert len(cells) == 10
