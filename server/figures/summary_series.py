@@ -10,7 +10,15 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from curvscope.server.figures.base import _GREY, COLORS, _figure, _note
+from curvscope.server.figures.base import (
+    _GREY,
+    COLORS,
+    _figure,
+    _fmt,
+    _note,
+    _quantile,
+    _relayout,
+)
 from curvscope.server.figures.trust import _TRUSTED, Summary
 
 __all__ = [
@@ -158,7 +166,39 @@ def newton_reduction_figure(
     observed.customdata = nxt
     observed.hovertemplate = "step %{x} → %{customdata}<br>observed change=%{y:.4g}<extra></extra>"
     fig.add_trace(observed)
-    return fig
+    return _robust_y(fig, [-r for r in predicted] + [float(c) for c in change])
+
+
+def _robust_y(fig: go.Figure, values: Sequence[float]) -> go.Figure:
+    """Keep a few extreme values from squeezing the rest into a line: the y axis spans
+    Tukey's far fences ``Q1 − 3·IQR``, ``Q3 + 3·IQR`` of ``values`` (and 0), padded by 5 %,
+    when some value lies beyond them; a note at the top says how many and how far (their
+    points are cut off by the frame; zooming out or the hover shows them)."""
+    ordered = sorted(v for v in values if math.isfinite(v))
+    if len(ordered) < 4:
+        return fig
+    q1, q3 = _quantile(ordered, 0.25), _quantile(ordered, 0.75)
+    spread = 3 * (q3 - q1)
+    lo, hi = q1 - spread, q3 + spread
+    outside = [v for v in ordered if v < lo or v > hi]
+    if not outside or spread <= 0:
+        return fig
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    pad = 0.05 * (hi - lo)
+    yaxis = {**fig.layout.yaxis.to_plotly_json(), "range": [lo - pad, hi + pad]}
+    note = {
+        "text": f"{len(outside)} value{'s' if len(outside) > 1 else ''} beyond the y range "
+        f"({_fmt(min(outside))} … {_fmt(max(outside))}): zoom out to see them",
+        "xref": "paper",
+        "yref": "paper",
+        "x": 1.0,
+        "y": 1.0,
+        "xanchor": "right",
+        "yanchor": "bottom",
+        "showarrow": False,
+        "font": {"size": 11, "color": "#666"},
+    }
+    return _relayout(fig, yaxis=yaxis, annotations=[note])
 
 
 def hessian_min_figure(

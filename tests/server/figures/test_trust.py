@@ -109,6 +109,27 @@ def test_newton_reduction_figure_against_the_observed_change() -> None:
     assert list(observed.customdata) == [10, 20, 30]
 
 
+def test_one_wild_prediction_does_not_squeeze_the_rest() -> None:
+    """Predicted changes of −0.1…−0.4 and one of −120 (a quadratic model far off); the
+    observed changes ±0.1: the y axis spans the ordinary values, a note names the outlier."""
+    reductions = [0.1, 0.2, 120.0, 0.3, 0.4, 0.15]
+    losses = [1.0, 0.9, 1.0, 0.9, 0.8, 0.9, 0.8]
+    summaries = [
+        _summary(10 * i, loss, a={"newton_reduction": r})
+        for i, (loss, r) in enumerate(zip(losses, [*reductions, 0.2], strict=True))
+    ]
+    fig = figures.newton_reduction_figure(summaries, "a")
+    _valid(fig)
+    lo, hi = fig.layout.yaxis.range
+    assert -1.0 < lo < -0.4 and 0.1 < hi < 1.0  # every value but −120 inside, and 0
+    assert -120.0 in list(fig.data[0].y)  # still plotted (zoom out), not dropped
+    (note,) = fig.layout.annotations
+    assert note.text == "1 value beyond the y range (-120 … -120): zoom out to see them"
+    tame = [s for s in summaries if s["groups"][0]["newton_reduction"] != 120.0]
+    plain = figures.newton_reduction_figure(tame, "a")
+    assert plain.layout.yaxis.range is None and not plain.layout.annotations
+
+
 def test_newton_reduction_figure_sums_the_groups_when_there_are_several() -> None:
     two = [
         _summary(0, 2.0, a={"newton_reduction": 0.25}, b={"newton_reduction": 0.5}),
