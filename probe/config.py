@@ -168,9 +168,18 @@ class ViViTConfig:
         indices = _indices("subsample_grad", self.subsample_grad, batch_size)
         return None if indices == list(range(batch_size)) else indices
 
-    def to_wire(self) -> dict[str, object]:
-        """JSON-ready description (the wire's ``ConfigPayload`` fields)."""
-        sub = _listed(self.subsample)
+    def to_wire(self, batch_size: int | None = None) -> dict[str, object]:
+        """JSON-ready description (the wire's ``ConfigPayload`` fields).
+
+        With ``batch_size`` the sub-samplings are the batch indices actually used (an ``int``
+        k larger than the batch is the whole batch, and ``subsample_grad`` of the whole batch
+        in order is ``None``); without it, an ``int`` k lists ``0 .. k−1``.
+        """
+        if batch_size is not None:
+            sub = self.subsample_indices(batch_size)
+            grad_sub: list[int] | None = self.grad_indices(batch_size)
+        else:
+            sub, grad_sub = _listed(self.subsample), _listed(self.subsample_grad)
         groups = self.param_groups if isinstance(self.param_groups, str) else "explicit"
         return {
             "curvature": self.curvature,
@@ -182,7 +191,7 @@ class ViViTConfig:
             "eigenvectors": self.eigenvectors,
             "per_sample": self.per_sample,
             "hessian_top_k": self.hessian_top_k,
-            "subsample_grad": _listed(self.subsample_grad),
+            "subsample_grad": grad_sub,
             "gradient_spectrum": self.gradient_spectrum,
             "step_trust": self.step_trust,
         }

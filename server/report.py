@@ -103,7 +103,8 @@ def render_report(store: Store, run: str, *, max_points: int = 500, overlay: str
             f"K' = {group['k_stats']}, backend {html.escape(str(group['backend']))}</p>"
         )
         divs = []
-        optional = ("trust", "trust_share", "newton", "hessian_min")  # where the run has them
+        # where the run has them, in the run view's order
+        optional = ("hessian", "noise", "trust", "trust_share", "newton", "hessian_min")
         for name in ("density", "eigvals", "snr", "gamma", "overlap", *optional):
             if name not in group["figures"]:
                 continue

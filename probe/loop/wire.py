@@ -233,7 +233,9 @@ def encode_snapshot(
             wall_time=time.time() if wall_time is None else wall_time,
             loss=loss,
             batch_size=snapshot.batch_size,
-            config=ConfigPayload(**config.to_wire(), mode=mode, backend=snapshot.backend),
+            config=ConfigPayload(
+                **config.to_wire(snapshot.batch_size), mode=mode, backend=snapshot.backend
+            ),
             groups=groups,
             optimizer=optimizer,
         )

@@ -95,7 +95,14 @@ def attach_step_trust(group: GroupSpectrum, *, resamples: int = 100, seed: int =
     """Fill in ``group.trust_damping``, ``trust_bound`` (``[K']``) and ``newton_reduction``
     from its ``gammas``, ``lambdas``, batch ``gamma`` and selected eigenvalues
     (:func:`step_trust`): the bootstrap resamples the samples ``gammas`` has, the Newton
-    step uses the batch's ``γ_k`` as :func:`~curvscope.probe.newton.newton.newton_step` does."""
+    step uses the batch's ``γ_k`` as :func:`~curvscope.probe.newton.newton.newton_step` does.
+
+    With fewer than 2 samples of γ or of λ (a batch of one, ``subsample_grad=1``,
+    ``subsample=1``) every resample is the same sample: the bootstrap has no spread and would
+    trust every direction. The fields are then left ``None`` (not computed), as SNR(γ) is
+    undefined there too."""
+    if group.gammas.shape[0] < 2 or group.lambdas.shape[0] < 2:
+        return
     trust = step_trust(
         group.gammas,
         group.lambdas,

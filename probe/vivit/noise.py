@@ -21,9 +21,10 @@ on the subset's mean) and the second moment ``1/N_g``, still of ``N·g_n`` with 
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from curvscope.probe.vivit.spectrum import nontrivial_eigh
+from curvscope.probe.vivit.spectrum import default_rtol, nontrivial_eigh
 
 __all__ = ["centred", "gradient_covariance_eigvals", "gradient_moment_eigvals"]
 
@@ -47,14 +48,24 @@ def gradient_covariance_eigvals(
 
     Returns:
         ``[K_g]`` with ``K_g <= N_g − 1`` (empty for ``N_g < 2``: no covariance from one
-        sample).
+        sample), the eigenvalues above ``rtol`` times the largest of the *uncentred*
+        ``(N²/(N_g−1))·Γ`` (default ``rtol = N_g·eps``): identical per-sample gradients give
+        none, not their round-off.
     """
     m = grad_gram.shape[0]
     n = m if batch_size is None else batch_size
     if m < 2:
         return grad_gram.new_zeros(0)
-    eigvals, _ = nontrivial_eigh(centred(grad_gram) * (n * n / (m - 1)), rtol)
-    return eigvals
+    scale = n * n / (m - 1)
+    evals = torch.linalg.eigvalsh(centred(grad_gram) * scale).flip(0)
+    # The cutoff is relative to the *uncentred* Gram's largest eigenvalue: centring identical
+    # gradients leaves round-off, whose own largest eigenvalue must not count as a scale.
+    if rtol is None:
+        rtol = default_rtol(m, grad_gram.dtype)
+    reference = float(torch.linalg.eigvalsh(grad_gram)[-1]) * scale
+    if reference <= 0:
+        return evals[:0]
+    return evals[evals > rtol * reference]
 
 
 def gradient_moment_eigvals(

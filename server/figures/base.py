@@ -13,8 +13,6 @@ __all__ = ["COLORS", "DensityMode", "Snapshot", "find_group", "group_names", "pl
 
 
 Snapshot = Mapping[str, Any]
-
-
 """One snapshot in its REST JSON shape."""
 
 
@@ -33,8 +31,6 @@ COLORS = (
     "#bcbd22",
     "#7f7f7f",
 )
-
-
 """Trace colours, in order."""
 
 

@@ -104,14 +104,10 @@ def _density_trace(
 
 
 KDE_POINTS = 200
-
-
 """Points of the smoothed spectral density's curve (more where its bandwidth needs them)."""
 
 
 KDE_MIN_BANDWIDTH = 0.05
-
-
 """The narrowest kernel of the smoothed spectral density, in decades of λ: one distinct
 eigenvalue (or several closer than this) is drawn as a bump this wide."""
 

@@ -225,8 +225,6 @@ def overlap_bars(
 
 
 _BIN_DECADES = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
-
-
 """Widths (in decades of λ) of the overlap plot's curvature bins, the narrowest first."""
 
 

@@ -46,15 +46,11 @@ def _trajectories(
 
 
 Smoothing = Literal["none", "median", "ema"]
-
-
 """How the eigenvalue trajectories are smoothed over snapshots: not at all, a centred
 moving median, or an exponential moving average of log10 λ."""
 
 
 DEFAULT_SMOOTH_WINDOW = 5
-
-
 """Snapshots in a smoothing window unless asked otherwise."""
 
 
@@ -109,7 +105,9 @@ def stability_threshold(optimizer: Mapping[str, Any] | None) -> float | None:
     if not optimizer or optimizer.get("adaptive"):
         return None
     beta = float(optimizer.get("momentum") or 0.0)
-    rate = float(optimizer["lr"]) * (1.0 - float(optimizer.get("dampening") or 0.0))
+    # PyTorch's SGD applies dampening to the momentum buffer only: without momentum it has none
+    dampening = float(optimizer.get("dampening") or 0.0) if beta > 0 else 0.0
+    rate = float(optimizer["lr"]) * (1.0 - dampening)
     if rate <= 0:
         return None
     if optimizer.get("nesterov"):
@@ -127,8 +125,6 @@ def _threshold_name(optimizer: Mapping[str, Any]) -> str:
 
 
 THRESHOLD_NAMES = ("2/η", "2(1+β)/η", "2(1+β)/(η(1−τ))", "2(1+β)/(η(1+2β))")
-
-
 """The names of the stability threshold's trace: plain SGD, heavy-ball momentum β (with
 dampening τ), Nesterov momentum."""
 
@@ -137,8 +133,6 @@ ADAPTIVE_NOTE = (
     "2/η threshold not applicable: adaptive optimizer {name}<br>"
     "(the GGN is not the preconditioned curvature)"
 )
-
-
 """What the trajectory figure says in place of the threshold for an adaptive optimizer (in
 two lines: ``<br>``)."""
 

@@ -15,8 +15,6 @@ __all__ = ["Summary", "has_trust", "trust_figure"]
 
 
 Summary = Mapping[str, Any]
-
-
 """One snapshot's summary (:func:`curvscope.server.summaries.snapshot_summary`):
 ``{"step", "loss", "optimizer", "groups": [{"name", "trust_share", ...}]}``."""
 

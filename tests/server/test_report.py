@@ -14,6 +14,7 @@ import pytest
 
 from curvscope.server.cli import main
 from curvscope.server.protocol import EventMessage, SnapshotMessage
+from curvscope.server.report import render_report
 from curvscope.server.stores import SQLiteStore
 from tests.web.seeding import seed_run, synthetic_snapshot
 
@@ -106,3 +107,28 @@ def test_report_errors(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["report", "alpha", "--db", str(tmp_path / "missing.sqlite")]) == 2
     assert "no database" in capsys.readouterr().err
     assert not (tmp_path / "missing.sqlite").exists()
+
+
+def test_report_has_the_noise_and_hessian_figures_of_a_run_with_them(tmp_path: Path) -> None:
+    """Was: the report's list of optional figures missed ``noise`` and ``hessian``: runs with
+    ``gradient_spectrum=True`` or ``hessian_top_k`` lost those plots in the report."""
+    extra = {
+        "gradient_eigvals": [4.0, 1.0],
+        "gradient_moment_eigvals": [5.0, 1.0, 0.5],
+        "hessian_eigvals": [3.0, 1.0],
+        "hessian_min": -0.5,
+    }
+    store = SQLiteStore(tmp_path / "runs.sqlite")
+    try:
+        for run, fields in (("rich", extra), ("plain", {})):
+            message = synthetic_snapshot(run, 0, k=5, k_stats=3)
+            message["groups"] = [g | fields for g in message["groups"]]
+            store.append_snapshot(SnapshotMessage(**message), time.time())
+        rich = _figures(render_report(store, "rich"))
+        plain = _figures(render_report(store, "plain"))
+    finally:
+        store.close()
+    for name in ("noise", "hessian"):
+        assert f"g0-{name}" in rich and f"g0-{name}" not in plain
+    names = [t["name"] for t in rich["g0-noise"]["data"]]
+    assert names[1].startswith("gradient covariance (K=2, tr C = 5")

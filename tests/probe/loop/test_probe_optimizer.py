@@ -191,10 +191,11 @@ def _diverges(opt_factory, curvature: float, steps: int = 400) -> bool:  # type:
         {"lr": 0.1},
         {"lr": 0.1, "momentum": 0.9},
         {"lr": 0.05, "momentum": 0.5, "dampening": 0.3},
+        {"lr": 0.1, "dampening": 0.5},  # PyTorch ignores dampening without momentum
         {"lr": 0.1, "momentum": 0.9, "nesterov": True},
         {"lr": 0.02, "momentum": 0.6, "nesterov": True},
     ],
-    ids=["plain", "heavy-ball", "dampened", "nesterov", "nesterov-0.6"],
+    ids=["plain", "heavy-ball", "dampened", "dampening-only", "nesterov", "nesterov-0.6"],
 )
 def test_the_threshold_is_where_torch_sgd_diverges(kwargs: dict) -> None:
     """The threshold drawn from the wire's lr/β is the curvature at which PyTorch's own SGD

@@ -167,3 +167,19 @@ def test_gradient_subsampling_travels_in_the_config() -> None:
     plain = ViViTConfig()
     dumped = encode_snapshot(_snapshot(plain), run="r", step=2, config=plain, mode="in-loop")
     assert "subsample_grad" not in dumped.model_dump_json()
+
+
+def test_sub_samplings_travel_as_the_indices_used() -> None:
+    """Was: an int k travelled as 0..k-1 whatever the batch, so ``subsample_grad=2_000_000``
+    put 2 M indices (16 MB) into every snapshot's config, above the server's message limit."""
+    config = ViViTConfig(subsample=100, subsample_grad=2_000_000)
+    msg = _roundtrip(
+        encode_snapshot(_snapshot(config), run="r", step=0, config=config, mode="function")
+    )
+    assert msg.config.subsample == [0, 1, 2, 3, 4, 5]  # the batch of 6, all of it
+    assert msg.config.subsample_grad is None  # the whole batch: no gradient sub-sampling
+    config = ViViTConfig(subsample=4, subsample_grad=3)
+    msg = _roundtrip(
+        encode_snapshot(_snapshot(config), run="r", step=0, config=config, mode="function")
+    )
+    assert msg.config.subsample == [0, 1, 2, 3] and msg.config.subsample_grad == [0, 1, 2]

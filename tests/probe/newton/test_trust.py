@@ -231,6 +231,25 @@ def test_compute_snapshot_attaches_the_trust_of_every_group() -> None:
     assert all(g.trust_bound is None and g.newton_reduction is None for g in off.groups)
 
 
+@pytest.mark.parametrize(
+    ("n", "overrides"),
+    [(1, {}), (6, {"subsample_grad": [3]}), (6, {"subsample": 1})],
+    ids=["batch-of-one", "one-gradient-sample", "one-curvature-sample"],
+)
+def test_one_sample_is_not_trusted_blindly(n: int, overrides: dict) -> None:
+    """Was: a single γ (or λ) sample gave every bootstrap draw the same value, so every
+    direction got a bound >= 0 and the smallest damping. Now no trust is computed."""
+    model, (x, y) = _model(), _batch()
+    config = ViViTConfig(step_trust=True, **overrides)
+    snap = compute_snapshot(model, nn.MSELoss(), x[:n], y[:n], config)
+    for group in snap.groups:
+        assert group.trust_damping is None and group.trust_bound is None
+        assert group.newton_reduction is None
+    message = encode_snapshot(snap, run="r", step=0, config=config, mode="function")
+    assert "trust_bound" not in message.model_dump_json()
+    assert message.config.step_trust is True
+
+
 @pytest.mark.parametrize("subsample_grad", [None, 8])
 def test_newton_reduction_is_the_quadratic_model_of_the_damped_step(
     subsample_grad: int | None,

@@ -58,6 +58,20 @@ def test_rayleigh_quotient_is_the_variance_of_the_projections() -> None:
     assert float(trace) == pytest.approx(float(variances.sum()), rel=1e-13)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_identical_samples_have_no_noise_not_even_round_off(dtype: torch.dtype) -> None:
+    """Centring identical rows of 0.1s leaves round-off (not exactly zero in float32): the
+    cutoff is relative to the uncentred scale, so none of it is reported as noise."""
+    rows = torch.tensor([[0.1, 0.2, -0.3]] * 5, dtype=dtype)
+    gram = rows @ rows.T
+    assert float(centred(gram).abs().max()) > 0 or dtype == torch.float64
+    assert gradient_covariance_eigvals(gram).numel() == 0
+    # and a tiny real spread well above round-off is kept
+    spread = rows.clone()
+    spread[0, 0] += 1e-2
+    assert gradient_covariance_eigvals(spread @ spread.T).numel() == 1
+
+
 def test_identical_samples_have_no_noise() -> None:
     grads = torch.tensor([[1.0, 2.0, -1.0]] * 5, dtype=torch.float64)
     gram = grads @ grads.T

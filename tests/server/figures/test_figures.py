@@ -326,7 +326,7 @@ def test_noise_figure_says_why_it_is_empty() -> None:
     ]
     quiet = _group([1.0]) | {"gradient_eigvals": [], "gradient_moment_eigvals": [3.0]}
     fig = figures.noise_figure(_snapshot(0, quiet), "all")
-    assert "identical per-sample gradients" in fig.layout.annotations[0].text
+    assert "per-sample gradients are identical (or zero)" in fig.layout.annotations[0].text
 
 
 def test_step_figures_include_noise_only_for_runs_that_compute_it() -> None:
