@@ -76,6 +76,7 @@ from curvscope.probe.config import ViViTConfig
 from curvscope.probe.errors import ConfigError
 from curvscope.probe.loop.probe import Probe
 from curvscope.probe.loop.schedules import Schedule
+from curvscope.probe.loop.wire import recordable_optimizer
 
 try:
     from transformers import Trainer
@@ -292,8 +293,9 @@ class CurvscopeTrainerMixin:
         kwargs = dict(self.curvscope_probe_kwargs)
         if probe is not None:  # train() called again: the same run goes on
             kwargs.setdefault("resume", True)
-        if "optimizer" not in kwargs and getattr(self, "optimizer", None) is not None:
-            kwargs["optimizer"] = self.optimizer  # created before the first training step
+        trainer_optimizer = getattr(self, "optimizer", None)  # created before the first step
+        if "optimizer" not in kwargs and recordable_optimizer(trainer_optimizer):
+            kwargs["optimizer"] = trainer_optimizer
         probe = Probe(
             model,
             loss_fn,

@@ -56,6 +56,7 @@ from curvscope.probe.collector import OutputsAdapter
 from curvscope.probe.config import ViViTConfig
 from curvscope.probe.loop.probe import Probe
 from curvscope.probe.loop.schedules import Schedule
+from curvscope.probe.loop.wire import recordable_optimizer
 
 try:
     import lightning.pytorch as pl
@@ -165,8 +166,9 @@ class CurvscopeCallback(pl.Callback):
             kwargs.setdefault("resume", True)
         model = self._resolve_model(pl_module)
         loss_fn = self._resolve_loss(pl_module)
-        if "optimizer" not in kwargs and trainer.optimizers:  # set up before on_fit_start
-            kwargs["optimizer"] = trainer.optimizers[0]
+        optimizers = trainer.optimizers  # set up before on_fit_start
+        if "optimizer" not in kwargs and optimizers and recordable_optimizer(optimizers[0]):
+            kwargs["optimizer"] = optimizers[0]
         self.probe = Probe(
             model,
             loss_fn,

@@ -34,6 +34,7 @@ __all__ = [
     "encode_optimizer",
     "encode_snapshot",
     "learning_rates",
+    "recordable_optimizer",
     "unwrap_optimizer",
 ]
 
@@ -152,6 +153,17 @@ def learning_rates(optimizer: object) -> list[float]:
     """The learning rate of each of the optimizer's parameter groups (``[G]``)."""
     groups = unwrap_optimizer(optimizer).param_groups  # type: ignore[attr-defined]
     return [float(group["lr"]) for group in groups]
+
+
+def recordable_optimizer(optimizer: object) -> bool:
+    """Whether :func:`learning_rates` can read ``optimizer`` (a torch optimizer, or a wrapper
+    of one, with ``param_groups`` holding an ``lr``): the integrations pass the trainer's
+    optimizer to the probe only then, so an exotic one is never an error in training."""
+    try:
+        learning_rates(optimizer)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
 def encode_optimizer(optimizer: object) -> OptimizerPayload:

@@ -87,5 +87,7 @@ def noise_figure(
         if smooth is not None:
             fig.add_trace(smooth)
     if not cov:
-        fig = _note(fig, "no gradient noise at this step: the per-sample gradients are identical (or zero)")
+        fig = _note(
+            fig, "no gradient noise at this step: the per-sample gradients are identical (or zero)"
+        )
     return fig

@@ -209,3 +209,22 @@ def test_the_threshold_is_where_torch_sgd_diverges(kwargs: dict) -> None:
 
     assert not _diverges(make, 0.97 * threshold)
     assert _diverges(make, 1.03 * threshold)
+
+
+def test_only_a_readable_optimizer_is_recordable() -> None:
+    """The integrations pass the trainer's optimizer only when the probe can read it: an
+    exotic object (no ``param_groups``, or groups without ``lr``) means no edge-of-stability
+    line, never a ``ConfigError`` in the middle of training."""
+    from curvscope.probe.loop.wire import recordable_optimizer
+
+    class NoGroups:
+        pass
+
+    class NoRate:
+        def __init__(self) -> None:
+            self.param_groups = [{"momentum": 0.9}]
+
+    assert recordable_optimizer(torch.optim.SGD(_mlp().parameters(), lr=0.1))
+    assert not recordable_optimizer(None)
+    assert not recordable_optimizer(NoGroups())
+    assert not recordable_optimizer(NoRate())
