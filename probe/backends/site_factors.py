@@ -90,6 +90,9 @@ class RowsFactor(ExpandedFactor):
         out[self._rows] = super().grad()
         return out
 
+    def vt_grad(self, grad: Tensor) -> Tensor:
+        return super().vt_grad(grad[self._rows])  # V is zero outside the selected rows
+
     def lift(self, coeffs: Tensor) -> Tensor:
         out = self._v.new_zeros(coeffs.shape[1], *self._full)
         out[:, self._rows] = super().lift(coeffs)

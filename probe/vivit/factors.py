@@ -6,7 +6,8 @@ of curvature sample ``m``) and of the per-sample gradients ``g_{n,p}`` (``n = 1.
 
 - :meth:`gram`: ``V_pᵀ V_p``, shape ``[R, R]`` (this parameter's Gram contribution);
 - :meth:`vt_grads`: ``V_pᵀ [g_1 … g_N]``, shape ``[R, N]`` (or of the samples of a subset);
-- :meth:`vt_grad`: ``V_pᵀ g`` for the batch gradient ``g = Σ_n g_n``, shape ``[R]``;
+- :meth:`vt_grad`: ``V_pᵀ g`` for the batch gradient ``g = Σ_n g_n`` (:meth:`grad`'s,
+  passed in: it is not formed twice), shape ``[R]``;
 - :meth:`grad`: the batch gradient ``g_p = Σ_n g_{n,p}``, shaped like ``p``;
 - :meth:`lift`: ``V_p C`` for coefficients ``C`` of shape ``[R, K]``, shape ``[K, *p.shape]``;
 - :meth:`grad_gram`: ``[g_1 … g_N]ᵀ [g_1 … g_N]``, shape ``[N, N]`` (this parameter's part of
@@ -87,8 +88,9 @@ class Factor(ABC):
         """``V_pᵀ g_n`` for every sample of the batch, ``[R, N]`` (of ``subset``: ``[R, N_g]``)."""
 
     @abstractmethod
-    def vt_grad(self) -> Tensor:
-        """``V_pᵀ g`` for the batch gradient ``g = Σ_n g_n``, shape ``[R]``."""
+    def vt_grad(self, grad: Tensor) -> Tensor:
+        """``V_pᵀ g`` for the batch gradient ``g = Σ_n g_n`` (``grad``, what :meth:`grad`
+        returned), shape ``[R]``."""
 
     @abstractmethod
     def grad(self) -> Tensor:
@@ -125,8 +127,8 @@ class ExpandedFactor(Factor):
     def vt_grads(self, subset: list[int] | None = None) -> Tensor:
         return self._v @ self._per_sample(subset).T
 
-    def vt_grad(self) -> Tensor:
-        return self._v @ self._g.sum(0)
+    def vt_grad(self, grad: Tensor) -> Tensor:
+        return self._v @ grad.reshape(-1)
 
     def grad(self) -> Tensor:
         return self._g.sum(0).reshape(self.shape)
@@ -183,8 +185,8 @@ class ReducedFactor(Factor):
         self._check(subset)
         return self._vtg
 
-    def vt_grad(self) -> Tensor:
-        return self._v @ self._grad.reshape(-1)
+    def vt_grad(self, grad: Tensor) -> Tensor:
+        return self._v @ grad.reshape(-1)
 
     def grad(self) -> Tensor:
         return self._grad
@@ -337,12 +339,12 @@ class OuterProductFactor(Factor):
             return (s[:, 0, 0] @ g[:, 0, 0].T) * self._tile(a_curv[:, 0, 0] @ a[:, 0, 0].T)
         return self._pairs(s, g, a_curv, a)
 
-    def vt_grad(self) -> Tensor:
+    def vt_grad(self, grad: Tensor) -> Tensor:
         s, a_curv = self._s, self._curv_inputs()
-        if a_curv is None:  # bias: v_rᵀ g = (Σ_t s_{r,t})ᵀ (Σ_{n,t} g_{n,t})
-            return s.sum(1).flatten(start_dim=1) @ self._g.sum((0, 1)).flatten()
+        if a_curv is None:  # bias: v_rᵀ g = (Σ_t s_{r,t})ᵀ g
+            return s.sum(1).flatten(start_dim=1) @ grad.reshape(-1)
         # v_rᵀ g = Σ_t s_{r,t}ᵀ W_g a_{m(r),t} with W_g the batch gradient, per group
-        w = torch.einsum("ntgo,ntgi->goi", self._g, self._a)
+        w = grad.reshape(s.shape[2], s.shape[3], -1)  # [G, O, I], as grad() formed it
         c, m = self._c, self._m
         s = s.reshape(c, m, *s.shape[1:])  # [C, M, T, G, O]
         out = s.new_empty(c, m)

@@ -61,7 +61,7 @@ class GramAccumulator:
             self.vt_grads = self.vt_grads + vtg
             self.grad_norm_sq = self.grad_norm_sq + sq
         if self.grad_subset is not None:
-            vg = factor.vt_grad()
+            vg = factor.vt_grad(grad)
             self.vt_grad = vg if self.vt_grad is None else self.vt_grad + vg
         if self.want_grad_gram:
             gg = factor.grad_gram(self.grad_subset)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 
@@ -111,42 +112,30 @@ def hessian_figure(
         )
         if heights and max(heights) > 0:
             height = 1.05 * max(heights)
-        fig.add_trace(
-            go.Scatter(
-                _validate=False,
-                x=grid,
-                y=heights,
-                mode="lines",
-                fill="tozeroy",
-                line={"color": COLORS[0], "width": 2},
-                opacity=0.8,
-                name=f"SLQ density ({len(density['nodes'])} probes)",
-                hovertemplate="λ=%{x:.3g}<br>density %{y:.3g}<extra></extra>",
-            )
+        slq = _lines(
+            grid,
+            heights,
+            f"SLQ density ({len(density['nodes'])} probes)",
+            {"color": COLORS[0], "width": 2},
+            "λ=%{x:.3g}<br>density %{y:.3g}<extra></extra>",
         )
-    x, y = _verticals(top, height)
+        slq.fill, slq.opacity = "tozeroy", 0.8
+        fig.add_trace(slq)
     fig.add_trace(
-        go.Scatter(
-            _validate=False,
-            x=x,
-            y=y,
-            mode="lines",
-            line={"color": COLORS[1], "width": 1.5},
-            name=f"top-{len(top)} of H",
-            hovertemplate="λ=%{x:.4g}<extra>top-k of H</extra>",
+        _lines(
+            *_verticals(top, height),
+            f"top-{len(top)} of H",
+            {"color": COLORS[1], "width": 1.5},
+            "λ=%{x:.4g}<extra>top-k of H</extra>",
         )
     )
     if lam_min is not None:
-        x, y = _verticals([float(lam_min)], height)
         fig.add_trace(
-            go.Scatter(
-                _validate=False,
-                x=x,
-                y=y,
-                mode="lines",
-                line={"color": COLORS[4], "width": 1.5, "dash": "dash"},
-                name=f"λ_min(H) = {_fmt(float(lam_min))}",
-                hovertemplate="λ_min=%{x:.4g}<extra></extra>",
+            _lines(
+                *_verticals([float(lam_min)], height),
+                f"λ_min(H) = {_fmt(float(lam_min))}",
+                {"color": COLORS[4], "width": 1.5, "dash": "dash"},
+                "λ_min=%{x:.4g}<extra></extra>",
             )
         )
     fig.add_trace(
@@ -162,14 +151,31 @@ def hessian_figure(
     )
     if ggn_heights:
         fig.add_trace(
-            go.Scatter(
-                _validate=False,
-                x=grid,
-                y=ggn_heights,
-                mode="lines",
-                line={"color": COLORS[2], "width": 1.5, "dash": "dot"},
-                name="GGN density (same broadening)",
-                hovertemplate="λ=%{x:.3g}<br>GGN density %{y:.3g}<extra></extra>",
+            _lines(
+                grid,
+                ggn_heights,
+                "GGN density (same broadening)",
+                {"color": COLORS[2], "width": 1.5, "dash": "dot"},
+                "λ=%{x:.3g}<br>GGN density %{y:.3g}<extra></extra>",
             )
         )
     return fig
+
+
+def _lines(
+    x: Sequence[float | None],
+    y: Sequence[float | None],
+    name: str,
+    line: dict[str, Any],
+    hovertemplate: str,
+) -> go.Scatter:
+    """One line trace of the Hessian plot."""
+    return go.Scatter(
+        _validate=False,
+        x=list(x),
+        y=list(y),
+        mode="lines",
+        line=line,
+        name=name,
+        hovertemplate=hovertemplate,
+    )
